@@ -1,0 +1,3 @@
+from emtm.cli import main
+
+raise SystemExit(main())
