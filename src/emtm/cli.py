@@ -1,0 +1,333 @@
+"""Command line: parse, call the library, print a table. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from emtm import __version__
+from emtm.errors import EmtmError
+
+METRIC_KEYS = ("r1@0.3", "r1@0.5", "r1@0.7", "r5@0.3", "r5@0.5", "r5@0.7", "miou")
+
+
+def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*[f"{v:.2f}" if isinstance(v, float) else str(v) for v in row])
+    Console(width=max(100, 12 * len(columns) + 20)).print(table)
+
+
+def metrics_row(name: str, metrics: dict[str, Any], extra: list[Any] | None = None) -> list[Any]:
+    return [name, *[metrics[k] for k in METRIC_KEYS], *(extra or [])]
+
+
+# ---------------------------------------------------------------------------------------------- synth
+def cmd_synth(args: argparse.Namespace) -> int:
+    from emtm.data import synth
+
+    if args.annotations:
+        yaml_path = synth.synthesize_features_for_annotations(
+            args.annotations,
+            args.format,
+            args.out,
+            durations=args.durations,
+            feature_dim=args.feature_dim or 256,
+            seed=args.seed,
+            feature_format=args.feature_format,
+        )
+    else:
+        if args.preset not in synth.PRESETS:
+            raise EmtmError(f"unknown preset {args.preset!r}; choose one of {', '.join(synth.PRESETS)}")
+        cfg = synth.PRESETS[args.preset]
+        overrides = {"seed": args.seed}
+        if args.feature_dim:
+            overrides["feature_dim"] = args.feature_dim
+        cfg = type(cfg)(**{**cfg.__dict__, **overrides})
+        yaml_path = synth.generate(cfg, args.out, feature_format=args.feature_format, preset=args.preset)
+    summarize_dataset(yaml_path)
+    return 0
+
+
+def summarize_dataset(yaml_path: Path) -> None:
+    from emtm.config import load_data_config
+    from emtm.data.dataset import load_splits
+
+    cfg = load_data_config(yaml_path)
+    rows = []
+    for name, split in load_splits(cfg, seed=0, names=tuple(cfg.splits)).items():
+        samples = split.samples
+        n = max(len(samples), 1)
+        rows.append(
+            [
+                name,
+                len(samples),
+                len({s.video_id for s in samples}),
+                sum(s.duration for s in samples) / n,
+                sum(s.end - s.start for s in samples) / n,
+                sum(len(s.sentence.split()) for s in samples) / n,
+            ]
+        )
+    print_table(
+        f"dataset {yaml_path}",
+        ["split", "queries", "videos", "avg video (s)", "avg moment (s)", "avg words"],
+        rows,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- train
+def add_train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="data.yaml describing the dataset")
+    p.add_argument("--model", default=None, help="model name from the registry (default: student)")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument(
+        "--config", help="YAML/JSON file with a TrainConfig (sections model_options, optim, eval, run)"
+    )
+    p.add_argument("--epochs", type=int, help="training epochs")
+    p.add_argument("--batch-size", type=int, help="queries per batch")
+    p.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
+    p.add_argument("--seed", type=int, help="random seed (data order, init, dropout, val hold-out)")
+    p.add_argument(
+        "--device", choices=["cpu", "cuda", "auto"], help="where to train (auto: CUDA if available)"
+    )
+    p.add_argument("--workers", type=int, help="data-loader worker processes")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last finished epoch"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config value, e.g. --set optim.warmup_epochs=2 --set model_options.d=64",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def train_config_from_args(args: argparse.Namespace):
+    from emtm.config import TrainConfig, apply_overrides, read_mapping, validate
+
+    raw: dict[str, Any] = read_mapping(Path(args.config)) if args.config else {}
+    raw["data"] = str(Path(args.data).resolve())
+    if args.model:
+        raw["model"] = args.model
+    flags = {
+        "optim.epochs": args.epochs,
+        "optim.batch_size": args.batch_size,
+        "optim.lr": args.lr,
+        "run.seed": args.seed,
+        "run.device": args.device,
+        "run.num_workers": args.workers,
+    }
+    for key, value in flags.items():
+        if value is not None:
+            section, name = key.split(".")
+            raw.setdefault(section, {})[name] = value
+    if args.no_progress:
+        raw.setdefault("run", {})["progress"] = False
+    raw = apply_overrides(raw, args.set)
+    cfg = validate(TrainConfig, raw, "training config")
+    from emtm.models.registry import model_config
+
+    cfg.model_options = model_config(cfg.model, cfg.model_options).model_dump()
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from emtm.config import TrainConfig, validate
+    from emtm.engine.train import load_json, train
+
+    if args.resume:
+        config_path = Path(args.out) / "config.json"
+        if not config_path.exists():
+            raise EmtmError(f"--resume: {config_path} not found; nothing to resume in {args.out}")
+        cfg = validate(TrainConfig, load_json(config_path)["train"], str(config_path))
+    else:
+        cfg = train_config_from_args(args)
+    result = train(cfg, args.out, resume=args.resume)
+    best = result["best"]
+    print_table(
+        f"{cfg.model}: best validation epoch {best['epoch']} of {cfg.optim.epochs} ({result['run_dir']})",
+        ["split", *METRIC_KEYS, "queries"],
+        [metrics_row("val", best, [best["n_queries"]])],
+    )
+    print(
+        f"trainable parameters: {result['n_trainable']:,}; next: emtm evaluate --run {args.out} --split test"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from emtm.config import load_data_config
+    from emtm.data.dataset import GroundingDataset, prepare
+    from emtm.engine.checkpoint import load_run
+    from emtm.engine.evaluate import length_breakdown, predict_dataset, score_predictions
+    from emtm.engine.train import resolve_device
+    from emtm.io import write_json
+
+    device = resolve_device(args.device)
+    run = load_run(args.run, "last.safetensors" if args.weights == "last" else "model.safetensors", device)
+    data_cfg = load_data_config(args.data or run.cfg.data)
+    prepared = prepare(
+        data_cfg, run.cfg.run.seed, names=(args.split,) if args.split != "val" else ("train", "val")
+    )
+    if args.split not in prepared.splits:
+        raise EmtmError(
+            f"split {args.split!r} not found in {data_cfg.root}/data.yaml (has {list(data_cfg.splits)})"
+        )
+    dataset = GroundingDataset(prepared.splits[args.split].samples, prepared.store, run.vocab, data_cfg)
+    eval_cfg = run.cfg.eval.model_copy(update={"protocol": args.protocol})
+    preds = predict_dataset(
+        run.model, dataset, eval_cfg, device, args.batch_size, progress=not args.no_progress
+    )
+    metrics = score_predictions(preds, args.protocol)
+    metrics.update(split=args.split, run=str(args.run), model=run.cfg.model)
+    rows = [metrics_row(args.split, metrics, [metrics["n_queries"]])]
+    if args.breakdown:
+        metrics["breakdown"] = length_breakdown(preds, args.protocol)
+        rows += [metrics_row(f"  {k}", v, [v["n_queries"]]) for k, v in metrics["breakdown"].items()]
+    print_table(
+        f"{run.cfg.model} on {args.split} ({args.protocol} protocol)",
+        ["split", *METRIC_KEYS, "queries"],
+        rows,
+    )
+    if args.json:
+        write_json(args.json, metrics)
+        print(f"wrote {args.json}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- predict
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from emtm.engine.checkpoint import load_run
+    from emtm.engine.inference import ground_queries
+    from emtm.engine.train import resolve_device
+
+    run = load_run(args.run, device=resolve_device(args.device))
+    path = Path(args.features)
+    if not path.exists():
+        raise EmtmError(f"{path}: features file not found (expected a (T, D) .npy array)")
+    try:
+        features = np.load(path, allow_pickle=False)
+    except ValueError as err:
+        raise EmtmError(f"{path}: not a plain .npy array ({err})") from None
+    results = ground_queries(run, features, args.duration, args.query, args.top_k)
+    for query, moments in zip(args.query, results):
+        rows = [[i + 1, m.start, m.end, m.score] for i, m in enumerate(moments)]
+        print_table(
+            f"{query!r} in {path.name} ({args.duration:.1f} s)",
+            ["rank", "start (s)", "end (s)", "score"],
+            rows,
+        )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    from emtm.demo import run_demo
+
+    run_demo(Path(args.out), preset=args.preset, epochs=args.epochs, data_dir=Path(args.data_dir))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emtm",
+        description="Fast temporal sentence grounding in videos with multi-teacher knowledge distillation.",
+    )
+    parser.add_argument("--version", action="version", version=f"emtm {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "synth", help="write the built-in synthetic benchmark (or features for real annotations)"
+    )
+    p.add_argument(
+        "--preset", default="default", help="size preset: tiny, small or default (Charades-STA size)"
+    )
+    p.add_argument("--out", default="data/synth", help="output folder (gets data.yaml)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same bytes")
+    p.add_argument("--feature-dim", type=int, help="feature dimension D (default: the preset's)")
+    p.add_argument(
+        "--feature-format", choices=["npy", "h5"], default="npy", help="npy folder or one HDF5 file"
+    )
+    p.add_argument(
+        "--annotations",
+        action="append",
+        help="real annotation file(s) to synthesise features for (repeat for train/val/test)",
+    )
+    p.add_argument(
+        "--format",
+        default="charades_sta",
+        help="format of --annotations: charades_sta, activitynet, tacos, jsonl",
+    )
+    p.add_argument("--durations", help="durations file for charades_sta (JSON or Charades_v1_*.csv)")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("train", help="train a model (student, baselines) on a data.yaml")
+    add_train_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a trained run on a split; prints a table, writes JSON")
+    p.add_argument("--run", required=True, help="run directory written by emtm train")
+    p.add_argument("--split", default="test", help="split of the data.yaml (train, val, test)")
+    p.add_argument("--data", help="data.yaml to evaluate on (default: the one the run was trained on)")
+    p.add_argument("--json", help="write the metrics here (flat keys in percent)")
+    p.add_argument(
+        "--protocol", choices=["raw", "quantized"], default="raw", help="IoU against raw or clip-quantised GT"
+    )
+    p.add_argument(
+        "--weights", choices=["best", "last"], default="best", help="best-on-validation or last epoch"
+    )
+    p.add_argument("--breakdown", action="store_true", help="also report short / medium / long moments")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="ground sentences in one video's features with a trained run")
+    p.add_argument("--run", required=True, help="run directory written by emtm train")
+    p.add_argument("--features", required=True, help="(T, D) clip features of the video, .npy")
+    p.add_argument("--duration", type=float, required=True, help="video length in seconds")
+    p.add_argument("--query", action="append", required=True, help="a sentence (repeat for several)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("demo", help="the main job on built-in data: synth -> train -> evaluate -> table")
+    p.add_argument("--out", default="runs/demo", help="where the demo's runs and results go")
+    p.add_argument("--data-dir", default="data/synth-demo", help="where the synthetic benchmark is written")
+    p.add_argument("--preset", default="small", help="synthetic benchmark preset")
+    p.add_argument("--epochs", type=int, default=None, help="epochs for each model (default: the demo's)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.func(args)
+    except EmtmError as err:
+        print(f"emtm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"emtm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""The one config system: pydantic models loaded from YAML/JSON, validated once at the edge.
+
+Layers, later wins: defaults < `--config FILE` < explicit flags < `--set key.path=value` overrides.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from emtm.errors import ConfigError
+
+T = TypeVar("T", bound=BaseModel)
+Format = Literal["charades_sta", "activitynet", "tacos", "jsonl"]
+
+
+class DataConfig(BaseModel):
+    """One dataset, as described by a data.yaml. Relative paths resolve against the yaml's folder."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: Format
+    splits: dict[str, str]
+    features: str
+    durations: str | None = None
+    word_vectors: str = "glove-6b-50d"
+    max_video_len: int = Field(64, ge=1)
+    max_query_len: int = Field(30, ge=1)
+    max_word_chars: int = Field(16, ge=1)
+    skip_missing_videos: bool = False
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    root: str = "."
+
+    @field_validator("splits")
+    @classmethod
+    def _needs_train(cls, splits: dict[str, str]) -> dict[str, str]:
+        if "train" not in splits:
+            raise ValueError("must name a 'train' split, e.g. splits: {train: train.txt, test: test.txt}")
+        return splits
+
+    def resolve(self, value: str | None) -> Path | None:
+        """A path from the yaml, resolved against its folder. Named word vectors stay names."""
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (Path(self.root) / path).resolve()
+
+    def split_path(self, split: str) -> Path:
+        if split not in self.splits:
+            raise ConfigError(f"split {split!r} is not in data.yaml (it has: {', '.join(self.splits)})")
+        return self.resolve(self.splits[split])
+
+    def word_vector_spec(self) -> str:
+        candidate = self.resolve(self.word_vectors)
+        return str(candidate) if candidate is not None and candidate.exists() else self.word_vectors
+
+
+def load_data_config(path: str | Path) -> DataConfig:
+    path = Path(path)
+    raw = read_mapping(path)
+    raw.setdefault("root", str(path.resolve().parent))
+    return validate(DataConfig, raw, str(path))
+
+
+class OptimConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(30, ge=0)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    clip_grad: float = Field(1.0, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    top_k: int = Field(5, ge=1)
+    nms_iou: float | None = Field(0.5, gt=0, le=1)
+    max_moment_len: int | None = Field(None, ge=1, description="longest predicted moment, in clips")
+    protocol: Literal["raw", "quantized"] = "raw"
+    select_metric: str = "r1@0.7"
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    num_workers: int = Field(0, ge=0)
+    progress: bool = True
+    threads: int | None = Field(None, ge=1)
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run needs. It is written, fully resolved, to the run's config.json."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str
+    model: str = "student"
+    model_options: dict[str, Any] = Field(default_factory=dict)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+
+def read_mapping(path: Path) -> dict[str, Any]:
+    """Read a YAML or JSON file that must hold a mapping; errors name the file."""
+    if not path.exists():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML/JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(raw).__name__}")
+    return raw
+
+
+def validate(cls: type[T], raw: dict[str, Any], source: str) -> T:
+    try:
+        return cls(**raw)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` strings (value parsed as YAML) onto a nested dict."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set optim.lr=1e-3")
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw

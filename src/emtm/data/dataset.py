@@ -1,0 +1,170 @@
+"""From a data.yaml to batches: splits, the validation hold-out, vocabulary, torch Dataset and collate."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from emtm.config import DataConfig
+from emtm.data.annotations import read_annotations
+from emtm.data.features import FeatureStore, open_feature_store, resample_features
+from emtm.data.grid import time_to_index
+from emtm.data.records import ReadReport, Sample
+from emtm.data.text import Vocab, tokenize
+from emtm.errors import DataError
+
+log = logging.getLogger("emtm.data")
+
+
+@dataclass
+class SplitData:
+    samples: list[Sample]
+    report: ReadReport | None = None
+    n_missing_videos: int = 0
+    source: str = ""
+
+
+def read_split(cfg: DataConfig, split: str) -> SplitData:
+    path = cfg.split_path(split)
+    durations = cfg.resolve(cfg.durations)
+    samples, report = read_annotations(path, cfg.format, durations)
+    return SplitData(samples, report, source=str(path))
+
+
+def hold_out_videos(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Split by video (never by query) into (train, val) with a seeded `fraction` of the videos in val."""
+    videos = sorted({s.video_id for s in samples})
+    rng = np.random.default_rng(seed)
+    n_val = max(1, round(fraction * len(videos))) if len(videos) > 1 else 0
+    val_videos = set(rng.permutation(videos)[:n_val].tolist())
+    return [s for s in samples if s.video_id not in val_videos], [
+        s for s in samples if s.video_id in val_videos
+    ]
+
+
+def load_splits(
+    cfg: DataConfig, seed: int, names: tuple[str, ...] = ("train", "val", "test")
+) -> dict[str, SplitData]:
+    """Read train/val/test. Without a val split, hold out a seeded share of the train videos as val."""
+    splits: dict[str, SplitData] = {}
+    for name in names:
+        if name in cfg.splits:
+            splits[name] = read_split(cfg, name)
+    if "val" in names and "val" not in splits and "train" in splits:
+        train = splits["train"]
+        kept, held = hold_out_videos(train.samples, cfg.val_fraction, seed)
+        splits["train"] = SplitData(kept, train.report, source=train.source)
+        splits["val"] = SplitData(
+            held, None, source=f"{train.source} (held-out {cfg.val_fraction:.0%} of videos)"
+        )
+    return splits
+
+
+def filter_missing(split: SplitData, store: FeatureStore, skip_missing: bool, name: str) -> SplitData:
+    """Fail on (or, when asked, drop and count) queries whose video has no features."""
+    present = {vid: vid in store for vid in {s.video_id for s in split.samples}}
+    missing = sorted(v for v, ok in present.items() if not ok)
+    if missing and not skip_missing:
+        raise DataError(
+            f"{len(missing)} video(s) of split {name!r} have no features in {store.path}, "
+            f"e.g. {missing[:3]}; fix the features path, or set skip_missing_videos: true in data.yaml to skip them",
+        )
+    kept = [s for s in split.samples if present[s.video_id]]
+    if missing:
+        n_skipped = len(split.samples) - len(kept)
+        log.warning(
+            "split %s: skipped %d queries of %d videos without features", name, n_skipped, len(missing)
+        )
+    return SplitData(kept, split.report, len(missing), split.source)
+
+
+@dataclass
+class Prepared:
+    cfg: DataConfig
+    store: FeatureStore
+    splits: dict[str, SplitData] = field(default_factory=dict)
+
+
+def prepare(cfg: DataConfig, seed: int, names: tuple[str, ...] = ("train", "val", "test")) -> Prepared:
+    store = open_feature_store(cfg.resolve(cfg.features))
+    splits = {
+        name: filter_missing(split, store, cfg.skip_missing_videos, name)
+        for name, split in load_splits(cfg, seed, names).items()
+    }
+    return Prepared(cfg, store, splits)
+
+
+def encode_query(
+    sentence: str, vocab: Vocab, max_len: int, max_chars: int
+) -> tuple[list[int], list[list[int]]]:
+    tokens = tokenize(sentence)[:max_len] or [vocab.words[1]]
+    return vocab.encode(tokens), vocab.encode_chars(tokens, max_chars)
+
+
+class GroundingDataset(Dataset):
+    """One item per query: resampled video features, encoded query and clip-index labels."""
+
+    def __init__(self, samples: list[Sample], store: FeatureStore, vocab: Vocab, cfg: DataConfig):
+        self.samples = samples
+        self.store = store
+        self.vocab = vocab
+        self.cfg = cfg
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.samples[index]
+        video = resample_features(self.store.load(sample.video_id), self.cfg.max_video_len)
+        words, chars = encode_query(
+            sample.sentence, self.vocab, self.cfg.max_query_len, self.cfg.max_word_chars
+        )
+        start_index, end_index = time_to_index(sample.start, sample.end, sample.duration, len(video))
+        return {
+            "index": index,
+            "video": video,
+            "words": words,
+            "chars": chars,
+            "start_index": start_index,
+            "end_index": end_index,
+            "start_frac": sample.start / sample.duration,
+            "end_frac": sample.end / sample.duration,
+            "duration": sample.duration,
+        }
+
+
+def collate(items: list[dict], max_chars: int = 16) -> dict[str, torch.Tensor]:
+    """Pad to the longest video and query of the batch; masks are True on valid positions."""
+    b = len(items)
+    max_l = max(len(it["video"]) for it in items)
+    max_n = max(len(it["words"]) for it in items)
+    dim = items[0]["video"].shape[1]
+    video = torch.zeros(b, max_l, dim)
+    video_mask = torch.zeros(b, max_l, dtype=torch.bool)
+    words = torch.zeros(b, max_n, dtype=torch.long)
+    chars = torch.zeros(b, max_n, max_chars, dtype=torch.long)
+    query_mask = torch.zeros(b, max_n, dtype=torch.bool)
+    for i, it in enumerate(items):
+        length, n = len(it["video"]), len(it["words"])
+        video[i, :length] = torch.from_numpy(np.ascontiguousarray(it["video"]))
+        video_mask[i, :length] = True
+        words[i, :n] = torch.tensor(it["words"])
+        query_mask[i, :n] = True
+        for j, word_chars in enumerate(it["chars"]):
+            chars[i, j, : len(word_chars)] = torch.tensor(word_chars[:max_chars])
+    batch = {
+        "video": video,
+        "video_mask": video_mask,
+        "words": words,
+        "chars": chars,
+        "query_mask": query_mask,
+    }
+    for key in ("index", "start_index", "end_index"):
+        batch[key] = torch.tensor([it[key] for it in items], dtype=torch.long)
+    for key in ("start_frac", "end_frac", "duration"):
+        batch[key] = torch.tensor([it[key] for it in items], dtype=torch.float32)
+    return batch

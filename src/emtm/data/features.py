@@ -1,0 +1,238 @@
+"""Per-video visual features, (T, D) float32: a folder of {video_id}.npy files or one HDF5 file."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from emtm.errors import DataError
+from emtm.io import atomic_open, atomic_path
+
+H5_SUFFIXES = (".h5", ".hdf5")
+_LAYOUTS = (
+    "features must be either a folder of {video_id}.npy files or an .h5/.hdf5 file with one "
+    "top-level dataset per video id; each array is (T, D): T clips by D feature values"
+)
+
+
+@runtime_checkable
+class FeatureStore(Protocol):
+    """Where the features of each video come from."""
+
+    path: Path
+
+    @property
+    def dim(self) -> int: ...
+
+    def __contains__(self, video_id: str) -> bool: ...
+
+    def load(self, video_id: str) -> np.ndarray: ...  # (T, D) float32
+
+    def video_ids(self) -> list[str]: ...
+
+
+def open_feature_store(path: str | os.PathLike) -> FeatureStore:
+    """Open a folder of .npy files (NpyDirStore) or an .h5/.hdf5 file (H5Store)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return NpyDirStore(path)
+    if path.is_file() and path.suffix.lower() in H5_SUFFIXES:
+        return H5Store(path)
+    if not path.exists():
+        raise DataError(f"feature path does not exist; {_LAYOUTS}", path=path)
+    raise DataError(f"not a feature store; {_LAYOUTS}", path=path)
+
+
+def _missing(video_id: str, path: Path) -> DataError:
+    return DataError(
+        f"no features for video {video_id!r} in this store; check the video ids, or set "
+        "`skip_missing_videos: true` in data.yaml to skip queries whose video has no features",
+        path=path,
+    )
+
+
+def _check(feats: Any, video_id: str, path: Path, dim: int | None) -> np.ndarray:
+    """Validate one video's features and return them as a (T, D) float32 array."""
+    where = f"video {video_id!r}"
+    try:
+        feats = np.asarray(feats, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{where}: features are not numbers ({exc})", path=path) from None
+    if feats.ndim != 2:
+        raise DataError(f"{where}: expected (T, D) features, found shape {feats.shape}", path=path)
+    if feats.shape[0] == 0:
+        raise DataError(f"{where}: has no clips (shape {feats.shape}); expected (T, D) with T > 0", path=path)
+    if dim is not None and feats.shape[1] != dim:
+        raise DataError(
+            f"{where}: expected shape (T, {dim}) like the other videos of this store, found {feats.shape}",
+            path=path,
+        )
+    bad = feats.size - int(np.count_nonzero(np.isfinite(feats)))
+    if bad:
+        raise DataError(f"{where}: {bad} of {feats.size} feature values are NaN or Inf", path=path)
+    return feats
+
+
+class NpyDirStore:
+    """A folder of {video_id}.npy files, each (T, D). Files are read lazily, one per `load`."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise DataError(f"not a folder; {_LAYOUTS}", path=self.path)
+        self._ids: list[str] | None = None
+        self._dim: int | None = None
+
+    def video_ids(self) -> list[str]:
+        if self._ids is None:
+            self._ids = sorted(
+                p.name[: -len(".npy")] for p in os.scandir(self.path) if p.name.endswith(".npy")
+            )
+            if not self._ids:
+                raise DataError(f"no .npy files in this folder; {_LAYOUTS}", path=self.path)
+        return self._ids
+
+    def __contains__(self, video_id: str) -> bool:
+        return (self.path / f"{video_id}.npy").is_file()
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            first = self.video_ids()[0]
+            self._dim = int(self._read(first).shape[1])
+        return self._dim
+
+    def load(self, video_id: str) -> np.ndarray:
+        return self._read(video_id, self.dim)
+
+    def _read(self, video_id: str, dim: int | None = None) -> np.ndarray:
+        file = self.path / f"{video_id}.npy"
+        try:
+            feats = np.load(file, mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            raise _missing(video_id, self.path) from None
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read features of video {video_id!r}: {exc}", path=file) from None
+        return _check(feats, video_id, self.path, dim)
+
+    def __repr__(self) -> str:
+        return f"NpyDirStore({str(self.path)!r})"
+
+
+class H5Store:
+    """An HDF5 file with one top-level (T, D) dataset per video id.
+
+    The file is opened on first use in each process (the handle is reopened after a fork and
+    dropped when pickled), so the store works in DataLoader workers.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"feature file does not exist; {_LAYOUTS}", path=self.path)
+        self._handle: Any = None
+        self._pid: int | None = None
+        self._ids: list[str] | None = None
+        self._dim: int | None = None
+
+    def _file(self) -> Any:
+        if self._handle is None or self._pid != os.getpid():
+            import h5py
+
+            try:
+                self._handle = h5py.File(self.path, "r")
+            except OSError as exc:
+                raise DataError(f"cannot open as HDF5 ({exc}); {_LAYOUTS}", path=self.path) from None
+            self._pid = os.getpid()
+        return self._handle
+
+    def close(self) -> None:
+        if self._handle is not None and self._pid == os.getpid():
+            self._handle.close()
+        self._handle = None
+        self._pid = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_handle": None, "_pid": None}
+
+    def video_ids(self) -> list[str]:
+        if self._ids is None:
+            import h5py
+
+            f = self._file()
+            self._ids = sorted(k for k in f if f.get(k, getclass=True) is h5py.Dataset)
+            if not self._ids:
+                raise DataError(f"no top-level datasets in this file; {_LAYOUTS}", path=self.path)
+        return self._ids
+
+    def __contains__(self, video_id: str) -> bool:
+        import h5py
+
+        return self._file().get(video_id, getclass=True) is h5py.Dataset
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            first = self.video_ids()[0]
+            self._dim = int(self._read(first).shape[1])
+        return self._dim
+
+    def load(self, video_id: str) -> np.ndarray:
+        return self._read(video_id, self.dim)
+
+    def _read(self, video_id: str, dim: int | None = None) -> np.ndarray:
+        if video_id not in self:
+            raise _missing(video_id, self.path)
+        return _check(self._file()[video_id][()], video_id, self.path, dim)
+
+    def __repr__(self) -> str:
+        return f"H5Store({str(self.path)!r})"
+
+
+def resample_features(feats: np.ndarray, max_len: int) -> np.ndarray:
+    """Average-pool T > max_len rows into exactly `max_len` bins (VSLNet's visual_feature_sampling).
+
+    Bin k averages rows [round(k*T/max_len), round((k+1)*T/max_len)); since T > max_len no bin is
+    empty. With T <= max_len the features are returned unchanged. Returns float32.
+    """
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    feats = np.asarray(feats, dtype=np.float32)
+    n = feats.shape[0]
+    if n <= max_len:
+        return feats
+    edges = np.round(np.arange(max_len + 1) * (n / max_len)).astype(np.int64)
+    sums = np.add.reduceat(feats.astype(np.float64), edges[:-1], axis=0)
+    return (sums / np.diff(edges)[:, None]).astype(np.float32)
+
+
+def _check_id(video_id: str) -> None:
+    if not video_id or "/" in video_id or video_id in (".", ".."):
+        raise ValueError(f"video id {video_id!r} cannot be used as a file or dataset name")
+
+
+def write_npy_dir(features: Mapping[str, np.ndarray], directory: str | os.PathLike) -> None:
+    """Write each video's features to `directory`/{video_id}.npy (float32, one atomic write each)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for video_id, feats in features.items():
+        _check_id(video_id)
+        with atomic_open(directory / f"{video_id}.npy", "wb") as handle:
+            np.save(handle, np.asarray(feats, dtype=np.float32), allow_pickle=False)
+
+
+def write_h5(
+    features: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]], path: str | os.PathLike
+) -> None:
+    """Write one HDF5 file (atomically) with a top-level float32 dataset per video id."""
+    import h5py
+
+    items = features.items() if isinstance(features, Mapping) else features
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for video_id, feats in items:
+            _check_id(video_id)
+            f.create_dataset(video_id, data=np.asarray(feats, dtype=np.float32))

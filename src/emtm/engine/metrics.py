@@ -1,0 +1,92 @@
+"""The evaluator's maths: temporal IoU, R@k@m and mIoU, and temporal NMS (numpy, float64)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+THRESHOLDS = (0.3, 0.5, 0.7)
+TOP_KS = (1, 5)
+
+
+def temporal_iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """IoU of ``[start, end]`` windows, arrays ``(..., 2)`` that broadcast against each other.
+
+    Computed in float64. Disjoint or touching windows give 0; so does a zero-length union
+    (two identical points), where the ratio is undefined. Windows are assumed to have start <= end.
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    gt = np.asarray(gt, dtype=np.float64)
+    if pred.shape[-1:] != (2,) or gt.shape[-1:] != (2,):
+        raise ValueError(f"windows must have a last axis of size 2, got {pred.shape} and {gt.shape}")
+    inter = np.minimum(pred[..., 1], gt[..., 1]) - np.maximum(pred[..., 0], gt[..., 0])
+    union = np.maximum(pred[..., 1], gt[..., 1]) - np.minimum(pred[..., 0], gt[..., 0])
+    ok = inter > 0  # implies union >= inter > 0
+    return np.where(ok, inter / np.where(ok, union, 1.0), 0.0)
+
+
+def grounding_metrics(
+    predictions: Sequence[np.ndarray],
+    ground_truth: np.ndarray,
+    thresholds: Sequence[float] = THRESHOLDS,
+    top_ks: Sequence[int] = TOP_KS,
+) -> dict[str, float]:
+    """R@k@m and mIoU in percent, plus ``n_queries``.
+
+    ``predictions[i]`` holds query i's windows ``(k_i, 2)``, best first (already NMS-ed),
+    ``k_i >= 1``; ``ground_truth`` is ``(N, 2)``. ``r{k}@{m}`` is the share of queries where any
+    of the first k windows (all of them if fewer than k) has IoU >= m, compared exactly;
+    ``miou`` is the mean IoU of the top-1 window.
+    """
+    gt = np.asarray(ground_truth, dtype=np.float64)
+    if gt.ndim != 2 or gt.shape[1] != 2:
+        raise ValueError(f"ground_truth must be (N, 2), got {gt.shape}")
+    n = len(gt)
+    if n == 0 or len(predictions) != n:
+        raise ValueError(f"need one prediction per query and at least one query: {len(predictions)} vs {n}")
+    k_max = max(top_ks)
+    ious = np.full((n, k_max), -1.0)  # -1: no window at that rank
+    for i, windows in enumerate(predictions):
+        windows = np.asarray(windows, dtype=np.float64)
+        if windows.ndim != 2 or windows.shape[1] != 2 or len(windows) == 0:
+            raise ValueError(f"prediction {i} must be (k, 2) with k >= 1, got {windows.shape}")
+        top = windows[:k_max]
+        ious[i, : len(top)] = temporal_iou(top, gt[i])
+    out: dict[str, float] = {}
+    for k in top_ks:
+        best = ious[:, :k].max(axis=1)
+        for m in thresholds:
+            out[f"r{k}@{m}"] = float(np.mean(best >= m) * 100.0)
+    out["miou"] = float(np.mean(ious[:, 0]) * 100.0)
+    out["n_queries"] = n
+    return out
+
+
+def temporal_nms(
+    windows: np.ndarray, scores: np.ndarray, iou_threshold: float, top_k: int | None = None
+) -> np.ndarray:
+    """Greedy NMS: indices of the kept windows, by score descending.
+
+    A window is dropped when its IoU with an already kept, higher-ranked window is
+    ``> iou_threshold`` (IoU equal to the threshold survives). Equal scores rank the lower index
+    first. Stops after ``top_k`` kept windows when given.
+    """
+    windows = np.asarray(windows, dtype=np.float64).reshape(-1, 2)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(windows) != len(scores):
+        raise ValueError(f"{len(windows)} windows but {len(scores)} scores")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    order = np.argsort(-scores, kind="stable")
+    ious = temporal_iou(windows[:, None, :], windows[None, :, :])
+    suppressed = np.zeros(len(windows), dtype=bool)
+    keep: list[int] = []
+    for i in order:
+        if suppressed[i]:
+            continue
+        keep.append(int(i))
+        if top_k is not None and len(keep) >= top_k:
+            break
+        suppressed |= ious[i] > iou_threshold
+    return np.asarray(keep, dtype=np.int64)

@@ -1,0 +1,231 @@
+"""Shared building blocks. Every model family is assembled from these; none keeps its own copy.
+
+Conventions: sequences are (B, L, d); masks are (B, L) bool with True on valid positions and the
+valid positions first. Every block zeroes padded positions before anything that mixes positions
+(convolution, attention, pooling), so a sample gives the same output alone or padded in a batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+NEG_INF = float("-inf")
+
+
+def masked_fill_padding(x: Tensor, mask: Tensor) -> Tensor:
+    """Zero the padded positions of a (B, L, d) sequence."""
+    return x * mask.unsqueeze(-1).to(x.dtype)
+
+
+def masked_softmax(logits: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
+    """Softmax with padded positions at exactly zero probability."""
+    return torch.softmax(logits.masked_fill(~mask, NEG_INF), dim=dim)
+
+
+def masked_log_softmax(logits: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
+    return torch.log_softmax(logits.masked_fill(~mask, NEG_INF), dim=dim)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean over valid positions of a (B, L, d) sequence -> (B, d)."""
+    weights = mask.unsqueeze(-1).to(x.dtype)
+    return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def masked_max(x: Tensor, mask: Tensor) -> Tensor:
+    """Max over valid positions of a (B, L, d) sequence -> (B, d)."""
+    return x.masked_fill(~mask.unsqueeze(-1), NEG_INF).amax(1)
+
+
+class PositionalEmbedding(nn.Module):
+    """Learned absolute positions, added to the input."""
+
+    def __init__(self, d: int, max_len: int):
+        super().__init__()
+        self.table = nn.Embedding(max_len, d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        positions = torch.arange(x.shape[1], device=x.device)
+        return x + self.table(positions).unsqueeze(0)
+
+
+class DepthwiseSeparableConv(nn.Module):
+    def __init__(self, d: int, kernel_size: int):
+        super().__init__()
+        self.depthwise = nn.Conv1d(d, d, kernel_size, padding=kernel_size // 2, groups=d, bias=False)
+        self.pointwise = nn.Conv1d(d, d, 1)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, L, d)
+        return self.pointwise(self.depthwise(x.transpose(1, 2))).transpose(1, 2)
+
+
+class ConvBlock(nn.Module):
+    """Residual stack of LayerNorm -> depthwise-separable conv -> ReLU -> dropout (QANet/VSLNet)."""
+
+    def __init__(self, d: int, n_layers: int = 4, kernel_size: int = 7, dropout: float = 0.1):
+        super().__init__()
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(n_layers))
+        self.convs = nn.ModuleList(DepthwiseSeparableConv(d, kernel_size) for _ in range(n_layers))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        for norm, conv in zip(self.norms, self.convs):
+            h = masked_fill_padding(norm(x), mask)
+            x = x + self.dropout(F.relu(conv(h)))
+        return masked_fill_padding(x, mask)
+
+
+class SelfAttentionBlock(nn.Module):
+    """Pre-norm multi-head self-attention + feed-forward, with key padding masked out."""
+
+    def __init__(self, d: int, n_heads: int = 8, dropout: float = 0.1):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, n_heads, dropout=dropout, batch_first=True)
+        self.norm2 = nn.LayerNorm(d)
+        self.ffn = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d, d))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        h = self.norm1(x)
+        h, _ = self.attn(h, h, h, key_padding_mask=~mask, need_weights=False)
+        x = x + self.dropout(h)
+        x = x + self.dropout(self.ffn(self.norm2(x)))
+        return masked_fill_padding(x, mask)
+
+
+class FeatureEncoder(nn.Module):
+    """Positions -> conv block -> self-attention: SeqPAN's feature encoder."""
+
+    def __init__(self, d: int, max_len: int, n_heads: int = 8, dropout: float = 0.1, n_conv: int = 4):
+        super().__init__()
+        self.pos = PositionalEmbedding(d, max_len)
+        self.conv = ConvBlock(d, n_conv, 7, dropout)
+        self.attn = SelfAttentionBlock(d, n_heads, dropout)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        x = self.conv(masked_fill_padding(self.pos(x), mask), mask)
+        return self.attn(x, mask)
+
+
+class CharCNN(nn.Module):
+    """Character embeddings -> convolutions of widths 1..4 -> max over the characters of each word."""
+
+    def __init__(self, n_chars: int, char_dim: int = 50, channels: tuple[int, ...] = (10, 20, 30, 40)):
+        super().__init__()
+        self.embed = nn.Embedding(n_chars, char_dim, padding_idx=0)
+        self.convs = nn.ModuleList(nn.Conv1d(char_dim, c, k) for k, c in enumerate(channels, start=1))
+        self.out_dim = sum(channels)
+
+    def forward(self, char_ids: Tensor) -> Tensor:  # (B, N, C) -> (B, N, out_dim)
+        b, n, c = char_ids.shape
+        x = self.embed(char_ids.reshape(b * n, c)).transpose(1, 2)  # (BN, char_dim, C)
+        char_mask = (char_ids.reshape(b * n, c) > 0).unsqueeze(1)
+        pooled = []
+        for conv in self.convs:
+            h = F.relu(conv(x))  # (BN, c_k, C-k+1); a window counts if it starts on a real character
+            valid = char_mask[:, :, : h.shape[-1]]
+            valid = valid | ~char_mask.any(-1, keepdim=True)  # words with no characters (padding)
+            pooled.append(h.masked_fill(~valid, 0.0).amax(-1))
+        return torch.cat(pooled, -1).reshape(b, n, self.out_dim)
+
+
+class WordEmbedding(nn.Module):
+    """Frozen word vectors for the vocabulary, a learned UNK row (id 1), and PAD (id 0) at zero."""
+
+    def __init__(self, vectors: Tensor):
+        super().__init__()
+        self.register_buffer("vectors", vectors.float().clone())
+        self.unk = nn.Parameter(torch.zeros(vectors.shape[1]))
+        nn.init.normal_(self.unk, std=0.1)
+
+    @property
+    def dim(self) -> int:
+        return self.vectors.shape[1]
+
+    def forward(self, word_ids: Tensor) -> Tensor:
+        x = F.embedding(word_ids, self.vectors)
+        return torch.where((word_ids == 1).unsqueeze(-1), self.unk.to(x.dtype), x)
+
+
+class ContextQueryAttention(nn.Module):
+    """Trilinear context-query attention (BiDAF/QANet/VSLNet): [c; c2q; c*c2q; c*q2c] -> d."""
+
+    def __init__(self, d: int, dropout: float = 0.1):
+        super().__init__()
+        self.w_c = nn.Linear(d, 1, bias=False)
+        self.w_q = nn.Linear(d, 1, bias=False)
+        self.w_cq = nn.Parameter(torch.empty(d).uniform_(-(d**-0.5), d**-0.5))
+        self.out = nn.Linear(4 * d, d)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, context: Tensor, query: Tensor, c_mask: Tensor, q_mask: Tensor) -> Tensor:
+        c, q = self.dropout(context), self.dropout(query)
+        score = self.w_c(c) + self.w_q(q).transpose(1, 2) + (c * self.w_cq) @ q.transpose(1, 2)  # (B, Lc, Lq)
+        c2q_attn = masked_softmax(score, q_mask.unsqueeze(1), dim=2)
+        q2c_attn = masked_softmax(score, c_mask.unsqueeze(2), dim=1)
+        c2q = c2q_attn @ query
+        q2c = (c2q_attn @ q2c_attn.transpose(1, 2)) @ context
+        fused = self.out(torch.cat([context, c2q, context * c2q, context * q2c], -1))
+        return masked_fill_padding(fused, c_mask)
+
+
+class WeightedPool(nn.Module):
+    """Attention pooling of a sequence into one vector with a learned scoring vector."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.score = nn.Linear(d, 1, bias=False)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        weights = masked_softmax(self.score(x).squeeze(-1), mask)
+        return (weights.unsqueeze(-1) * x).sum(1)
+
+
+class QueryConcat(nn.Module):
+    """Pool the query, tile it over time, concatenate to the video and project to d (SeqPAN cq_concat)."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.pool = WeightedPool(d)
+        self.out = nn.Linear(2 * d, d)
+
+    def forward(self, video: Tensor, query: Tensor, v_mask: Tensor, q_mask: Tensor) -> Tensor:
+        pooled = self.pool(query, q_mask).unsqueeze(1).expand_as(video)
+        return masked_fill_padding(self.out(torch.cat([video, pooled], -1)), v_mask)
+
+
+class SequenceMatching(nn.Module):
+    """Per-clip 4-class tagging (outside / begin / inside / end) with label embeddings added back."""
+
+    def __init__(self, d: int, n_classes: int = 4):
+        super().__init__()
+        self.classifier = nn.Linear(d, n_classes)
+        self.label_embeddings = nn.Parameter(torch.empty(n_classes, d))
+        nn.init.orthogonal_(self.label_embeddings)
+
+    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self.classifier(x)
+        soft_labels = torch.softmax(logits, -1) @ self.label_embeddings
+        return masked_fill_padding(x + soft_labels, mask), logits
+
+
+class ConditionedPredictor(nn.Module):
+    """SeqPAN's predictor: start features = Enc(x), end features = Enc(start features); shared weights."""
+
+    def __init__(self, d: int, max_len: int, n_heads: int = 8, dropout: float = 0.1):
+        super().__init__()
+        self.encoder = FeatureEncoder(d, max_len, n_heads, dropout)
+        self.start_norm = nn.LayerNorm(d)
+        self.end_norm = nn.LayerNorm(d)
+        self.start_head = nn.Sequential(nn.Linear(2 * d, d), nn.ReLU(), nn.Linear(d, 1))
+        self.end_head = nn.Sequential(nn.Linear(2 * d, d), nn.ReLU(), nn.Linear(d, 1))
+
+    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        start_feats = self.encoder(x, mask)
+        end_feats = self.encoder(start_feats, mask)
+        start_logits = self.start_head(torch.cat([self.start_norm(start_feats), x], -1)).squeeze(-1)
+        end_logits = self.end_head(torch.cat([self.end_norm(end_feats), x], -1)).squeeze(-1)
+        return start_logits, end_logits

@@ -1,0 +1,87 @@
+"""The EMTM student: SeqPAN without its dual-attention stack (emtm-method.md §2).
+
+shared encoder -> context-query attention -> query concat -> sequence matching -> conditioned predictor
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from emtm.models.base import DataSpec, GroundingModel, ModelConfig, Predictions, spans_to_fractions
+from emtm.models.decode import decode_spans
+from emtm.models.encoder import GroundingEncoder
+from emtm.models.layers import ConditionedPredictor, ContextQueryAttention, QueryConcat, SequenceMatching
+from emtm.models.losses import boundary_loss, matching_loss
+from emtm.models.registry import register
+
+
+class StudentConfig(ModelConfig):
+    d: int = 128
+    dropout: float = 0.2
+    n_heads: int = 8
+    char_dim: int = 50
+    match_ext: int = 2
+    match_weight: float = 1.0
+
+
+class SpanHead(nn.Module):
+    """Fusion and prediction on top of the encoder: CQA, query concat, matching, conditioned predictor."""
+
+    def __init__(self, d: int, max_len: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.cq_attention = ContextQueryAttention(d, dropout)
+        self.cq_concat = QueryConcat(d)
+        self.matching = SequenceMatching(d)
+        self.predictor = ConditionedPredictor(d, max_len, n_heads, dropout)
+
+    def forward(self, video: Tensor, query: Tensor, v_mask: Tensor, q_mask: Tensor) -> dict[str, Tensor]:
+        fused = self.cq_attention(video, query, v_mask, q_mask)
+        fused = self.cq_concat(fused, query, v_mask, q_mask)
+        fused, match_logits = self.matching(fused, v_mask)
+        start_logits, end_logits = self.predictor(fused, v_mask)
+        return {"start_logits": start_logits, "end_logits": end_logits, "match_logits": match_logits}
+
+
+class SpanModel(GroundingModel):
+    """Shared by every model that predicts start/end logits per clip: loss and decoding."""
+
+    config: StudentConfig
+
+    def loss(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        loc = boundary_loss(outputs["start_logits"], outputs["end_logits"], batch)
+        match = matching_loss(outputs["match_logits"], self.match_embeddings, batch, self.config.match_ext)
+        total = loc + self.config.match_weight * match
+        return total, {"loc": loc.item(), "match": match.item()}
+
+    def predict(
+        self,
+        outputs: dict[str, Tensor],
+        batch: dict[str, Tensor],
+        top_k: int = 5,
+        max_len: int | None = None,
+        nms_iou: float | None = 0.5,
+    ) -> Predictions:
+        mask = batch["video_mask"]
+        spans, scores = decode_spans(
+            outputs["start_logits"].float(), outputs["end_logits"].float(), mask, top_k, max_len, nms_iou
+        )
+        return Predictions(spans_to_fractions(spans, mask), scores)
+
+
+@register("student")
+class Student(SpanModel):
+    Config = StudentConfig
+
+    def __init__(self, config: StudentConfig, spec: DataSpec):
+        super().__init__()
+        self.config = config
+        self.encoder = GroundingEncoder(spec, config.d, config.dropout, config.char_dim)
+        self.head = SpanHead(config.d, spec.max_video_len, config.n_heads, config.dropout)
+
+    @property
+    def match_embeddings(self) -> Tensor:
+        return self.head.matching.label_embeddings
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        enc = self.encoder(batch)
+        return self.head(enc.video, enc.query, enc.video_mask, enc.query_mask)
