@@ -52,7 +52,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         if args.feature_dim:
             overrides["feature_dim"] = args.feature_dim
         cfg = type(cfg)(**{**cfg.__dict__, **overrides})
-        yaml_path = synth.generate(cfg, args.out, feature_format=args.feature_format, preset=args.preset)
+        yaml_path = synth.generate(cfg, args.out, feature_format=args.feature_format)
     summarize_dataset(yaml_path)
     return 0
 

@@ -150,7 +150,7 @@ def collate(items: list[dict], max_chars: int = 16) -> dict[str, torch.Tensor]:
     query_mask = torch.zeros(b, max_n, dtype=torch.bool)
     for i, it in enumerate(items):
         length, n = len(it["video"]), len(it["words"])
-        video[i, :length] = torch.from_numpy(np.ascontiguousarray(it["video"]))
+        video[i, :length] = torch.as_tensor(np.array(it["video"], dtype=np.float32))
         video_mask[i, :length] = True
         words[i, :n] = torch.tensor(it["words"])
         query_mask[i, :n] = True

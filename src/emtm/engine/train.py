@@ -11,6 +11,7 @@ import io
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -133,8 +134,16 @@ def is_better(new: dict[str, Any], best: dict[str, Any] | None, key: str) -> boo
     return (new[key], new["miou"]) > (best[key], best["miou"])
 
 
-def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Train `cfg.model` on `cfg.data` into `run_dir`; returns the metrics summary."""
+def train(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train `cfg.model` on `cfg.data` into `run_dir`; returns the metrics summary.
+
+    `on_epoch_end(epoch, row)` is called after each epoch's checkpoint is safely written.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.run.threads:
@@ -259,6 +268,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False) -> dict[s
             val[select],
             val["miou"],
         )
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, row)
     load_weights(model, run_dir / "model.safetensors")
     return {"best": best, "history": history, "n_trainable": model.n_trainable, "run_dir": str(run_dir)}
 

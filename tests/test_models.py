@@ -1,0 +1,103 @@
+"""Model contracts: padding invariance, masks, registry, losses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from emtm.data.dataset import collate
+from emtm.errors import ConfigError
+from emtm.models.base import DataSpec
+from emtm.models.losses import BEGIN, END, INSIDE, OUTSIDE, matching_labels, smoothed_boundary_targets
+from emtm.models.registry import build_model, model_config, model_names
+
+SPEC = DataSpec(video_dim=12, max_video_len=32, word_vectors=torch.randn(20, 8), n_chars=15, max_query_len=10)
+
+
+def make_item(length: int, n_words: int, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "index": seed,
+        "video": torch.randn(length, SPEC.video_dim, generator=g).numpy(),
+        "words": torch.randint(1, 20, (n_words,), generator=g).tolist(),
+        "chars": [
+            torch.randint(1, 15, (int(k),), generator=g).tolist() for k in torch.randint(1, 9, (n_words,))
+        ],
+        "start_index": 1,
+        "end_index": length - 2,
+        "start_frac": 0.1,
+        "end_frac": 0.8,
+        "duration": float(length),
+    }
+
+
+@pytest.mark.parametrize("name", ["student", "meanpool", "prior"])
+def test_outputs_do_not_depend_on_padding(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, model_config(name), SPEC).eval()
+    short = make_item(7, 3, seed=1)
+    batch_items = [short, make_item(25, 9, seed=2), make_item(16, 5, seed=3)]
+    with torch.no_grad():
+        alone_batch = collate([short])
+        padded_batch = collate(batch_items)
+        alone, padded = model(alone_batch), model(padded_batch)
+        for key, value in alone.items():
+            if value.dim() >= 2 and value.shape[1] == 7:  # per-clip outputs: compare the valid part
+                torch.testing.assert_close(value[0], padded[key][0, :7], rtol=1e-5, atol=1e-5)
+            else:
+                torch.testing.assert_close(value[0], padded[key][0], rtol=1e-5, atol=1e-5)
+        pred_alone = model.predict(alone, alone_batch, top_k=3)
+        pred_padded = model.predict(padded, padded_batch, top_k=3)
+    torch.testing.assert_close(pred_alone.windows[0], pred_padded.windows[0])
+
+
+def test_student_never_predicts_into_padding() -> None:
+    torch.manual_seed(0)
+    model = build_model("student", model_config("student"), SPEC).eval()
+    batch = collate([make_item(5, 3, seed=4), make_item(30, 4, seed=5)])
+    with torch.no_grad():
+        pred = model.predict(model(batch), batch, top_k=5)
+    assert (pred.windows >= 0).all() and (pred.windows <= 1 + 1e-6).all()
+    assert (pred.windows[..., 0] < pred.windows[..., 1]).all()
+
+
+def test_student_gradients_reach_every_trainable_parameter() -> None:
+    torch.manual_seed(0)
+    model = build_model("student", model_config("student", {"d": 32, "n_heads": 4}), SPEC)
+    batch = collate([make_item(10, 4, seed=6), make_item(14, 6, seed=7)])
+    loss, parts = model.loss(model(batch), batch)
+    loss.backward()
+    assert set(parts) == {"loc", "match"}
+    no_grad = [
+        n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())
+    ]
+    assert no_grad == []
+    assert not any("vectors" == n.split(".")[-1] for n, _ in model.named_parameters()), (
+        "word vectors are frozen"
+    )
+
+
+def test_registry_validates_options() -> None:
+    assert {"student", "prior", "meanpool"} <= set(model_names())
+    assert model_config("student", {"d": 64}).d == 64
+    with pytest.raises(ConfigError, match="model.dd"):
+        model_config("student", {"dd": 64})
+    with pytest.raises(ConfigError, match="unknown model 'nope'"):
+        model_config("nope")
+
+
+def test_smoothed_targets_sum_to_one_and_peak_on_gt() -> None:
+    mask = torch.tensor([[True] * 6 + [False] * 2, [True] * 8])
+    targets = smoothed_boundary_targets(torch.tensor([0, 4]), mask)
+    torch.testing.assert_close(targets.sum(1), torch.ones(2))
+    assert targets[0, 0] == pytest.approx(0.75, abs=1e-6)  # left neighbour missing: its share goes to GT
+    assert targets[0, 1] == pytest.approx(0.25, abs=1e-6)
+    assert targets[1, 4] == pytest.approx(0.5, abs=1e-6) and targets[1, 3] == pytest.approx(0.25, abs=1e-6)
+    assert (targets[0, 6:] == 0).all()
+
+
+def test_matching_labels_by_hand() -> None:
+    mask = torch.ones(1, 16, dtype=torch.bool)
+    labels = matching_labels(torch.tensor([3]), torch.tensor([11]), mask, ext=2)[0].tolist()
+    o, b, i, e = OUTSIDE, BEGIN, INSIDE, END
+    assert labels == [o, b, b, b, b, b, i, i, i, e, e, e, e, e, o, o]
