@@ -71,7 +71,8 @@ def filter_missing(split: SplitData, store: FeatureStore, skip_missing: bool, na
     if missing and not skip_missing:
         raise DataError(
             f"{len(missing)} video(s) of split {name!r} have no features in {store.path}, "
-            f"e.g. {missing[:3]}; fix the features path, or set skip_missing_videos: true in data.yaml to skip them",
+            f"e.g. {missing[:3]}; fix the features path, or set skip_missing_videos: true in data.yaml "
+            "to skip them",
         )
     kept = [s for s in split.samples if present[s.video_id]]
     if missing:
