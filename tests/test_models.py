@@ -72,7 +72,7 @@ def test_student_gradients_reach_every_trainable_parameter() -> None:
         n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())
     ]
     assert no_grad == []
-    assert not any("vectors" == n.split(".")[-1] for n, _ in model.named_parameters()), (
+    assert not any(n.split(".")[-1] == "vectors" for n, _ in model.named_parameters()), (
         "word vectors are frozen"
     )
 
