@@ -1,88 +1,115 @@
 """`make demo`: the main job on built-in data. Synthesise a benchmark, train the baselines and the
 student, evaluate them all on the test split, and print one table (also written as JSON and markdown).
+
+`compare_models` is shared with `benchmarks/foundation.py`, which runs the same comparison at full size.
 """
 
 from __future__ import annotations
 
+import platform
 import time
 from pathlib import Path
 from typing import Any
 
-from emtm.config import TrainConfig
+import torch
+
+from emtm.config import TrainConfig, load_data_config
 from emtm.data import synth
+from emtm.data.dataset import GroundingDataset, prepare
 from emtm.engine.checkpoint import load_run
 from emtm.engine.evaluate import evaluate
 from emtm.engine.train import resolve_device, train
 from emtm.io import atomic_open, write_json
 
-# Sized so the whole demo fits in about 10 minutes on 2 CPU cores (see README for measured times).
+# Sized so the whole demo fits in about 10 minutes on 2 CPU cores (README has the measured times).
 DEMO_MODELS: dict[str, dict[str, Any]] = {
     "prior": {"epochs": 1},
     "meanpool": {"epochs": 15, "lr": 1e-3},
     "student": {"epochs": 12, "lr": 1e-3},
 }
-METRICS = ("r1@0.3", "r1@0.5", "r1@0.7", "r5@0.5", "miou")
+TABLE_METRICS = ("r1@0.3", "r1@0.5", "r1@0.7", "r5@0.5", "miou")
 
 
-def ensure_dataset(data_dir: Path, preset: str) -> Path:
-    yaml_path = data_dir / "data.yaml"
-    if yaml_path.exists():
-        print(f"using the synthetic benchmark in {data_dir} (delete it to regenerate)")
-        return yaml_path
-    print(f"writing the synthetic benchmark (preset {preset!r}) to {data_dir}")
-    return synth.generate(synth.PRESETS[preset], data_dir)
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def run_demo(
-    out: Path, preset: str = "small", epochs: int | None = None, data_dir: Path | None = None
-) -> dict:
+def compare_models(
+    yaml_path: Path,
+    out: Path,
+    models: dict[str, dict[str, Any]],
+    device: str = "auto",
+    seed: int = 0,
+    title: str = "",
+) -> dict[str, Any]:
+    """Train each model on the data.yaml, evaluate on its test split, print and write one table."""
     from emtm.cli import print_table
 
-    data_dir = data_dir or Path("data") / f"synth-{preset}"
-    yaml_path = ensure_dataset(data_dir, preset)
-    device = resolve_device("auto")
-    results: dict[str, Any] = {"preset": preset, "device": str(device), "models": {}}
-    for name, settings in DEMO_MODELS.items():
-        n_epochs = epochs if epochs is not None and name != "prior" else settings["epochs"]
-        print(f"\n== {name}: training {n_epochs} epoch(s) on {device}")
+    dev = resolve_device(device)
+    results: dict[str, Any] = {"data": str(yaml_path), "device": device_name(dev), "seed": seed, "models": {}}
+    for name, settings in models.items():
+        print(f"\n== {name}: training {settings['epochs']} epoch(s) on {results['device']}")
         cfg = TrainConfig(
-            data=str(yaml_path.resolve()),
+            data=str(Path(yaml_path).resolve()),
             model=name,
-            optim={"epochs": n_epochs, "lr": settings.get("lr", 5e-4)},
+            model_options=settings.get("options", {}),
+            optim={"epochs": settings["epochs"], "lr": settings.get("lr", 5e-4)},
+            run={"device": device, "seed": seed, "num_workers": settings.get("workers", 0)},
         )
         started = time.perf_counter()
         train(cfg, out / name)
         seconds = time.perf_counter() - started
-        run = load_run(out / name, device=device)
-        test_set = _test_dataset(run, cfg)
-        metrics = evaluate(run.model, test_set, run.cfg.eval, device, batch_size=128)
+        run = load_run(out / name, device=dev)
+        metrics = evaluate(run.model, _test_dataset(run, cfg), run.cfg.eval, dev, batch_size=128)
         results["models"][name] = {
             **metrics,
+            "epochs": settings["epochs"],
             "train_seconds": round(seconds, 1),
             "params": run.model.n_trainable,
         }
+    columns = ["model", *TABLE_METRICS, "params", "epochs", "train s"]
     rows = [
-        [name, *[m[k] for k in METRICS], m["params"], m["train_seconds"]]
+        [name, *[m[k] for k in TABLE_METRICS], m["params"], m["epochs"], m["train_seconds"]]
         for name, m in results["models"].items()
     ]
-    columns = ["model", *METRICS, "params", "train s"]
     n_test = next(iter(results["models"].values()))["n_queries"]
-    print_table(f"test split of synth-{preset} ({n_test} queries, raw-time IoU, %)", columns, rows)
+    print_table(f"{title} test split, {n_test} queries, raw-time IoU (%), {results['device']}", columns, rows)
     write_json(out / "results.json", results)
     with atomic_open(out / "results.md") as handle:
+        handle.write(f"{title} test split, {n_test} queries, raw-time IoU (%), {results['device']}\n\n")
         handle.write("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n")
         for row in rows:
-            handle.write(
-                "| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row) + " |\n"
-            )
-    print(f"wrote {out / 'results.json'} and {out / 'results.md'}; curves in {out}/*/curve.png")
+            cells = (f"{v:.2f}" if isinstance(v, float) else str(v) for v in row)
+            handle.write("| " + " | ".join(cells) + " |\n")
+    print(f"wrote {out / 'results.json'} and {out / 'results.md'}; training curves in {out}/*/curve.png")
     return results
 
 
-def _test_dataset(run, cfg: TrainConfig):
-    from emtm.config import load_data_config
-    from emtm.data.dataset import GroundingDataset, prepare
-
+def _test_dataset(run, cfg: TrainConfig) -> GroundingDataset:
     data_cfg = load_data_config(cfg.data)
     prepared = prepare(data_cfg, cfg.run.seed, names=("test",))
     return GroundingDataset(prepared.splits["test"].samples, prepared.store, run.vocab, data_cfg)
+
+
+def run_demo(
+    out: Path, preset: str = "small", epochs: int | None = None, data_dir: Path | None = None
+) -> dict[str, Any]:
+    data_dir = data_dir or Path("data") / f"synth-{preset}"
+    yaml_path = data_dir / "data.yaml"
+    if yaml_path.exists():
+        print(f"using the synthetic benchmark in {data_dir} (delete it to regenerate)")
+    else:
+        print(f"writing the synthetic benchmark (preset {preset!r}) to {data_dir}")
+        synth.generate(synth.PRESETS[preset], data_dir)
+    models = {
+        name: {**settings, "epochs": epochs if epochs is not None and name != "prior" else settings["epochs"]}
+        for name, settings in DEMO_MODELS.items()
+    }
+    plan = ", ".join(f"{name} {settings['epochs']} ep" for name, settings in models.items())
+    print(
+        f"demo: preset {preset!r} and short training ({plan}) so it fits in minutes on 2 CPU cores; "
+        "full-size runs: benchmarks/foundation.py"
+    )
+    return compare_models(yaml_path, out, models, title=f"synth-{preset}")
