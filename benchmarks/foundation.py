@@ -39,7 +39,6 @@ def main() -> None:
             "charades_sta",
             out / "data",
             durations=folder / "charades_durations.json",
-            **({"word_vectors": args.word_vectors} if args.word_vectors else {}),
         )
         title = "Charades-STA annotations with synthetic features:"
     else:

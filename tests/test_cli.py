@@ -17,7 +17,17 @@ def test_synth_train_evaluate_predict(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["synth", "--preset", "tiny", "--out", str(data), "--feature-format", "h5"]) == 0
     assert (data / "features.h5").exists() and (data / "data.yaml").exists()
     run = tmp_path / "run"
-    args = ["train", "--data", str(data / "data.yaml"), "--out", str(run), "--epochs", "2", "--batch-size", "16"]
+    args = [
+        "train",
+        "--data",
+        str(data / "data.yaml"),
+        "--out",
+        str(run),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+    ]
     args += ["--lr", "2e-3", "--seed", "3", "--device", "cpu", "--no-progress", "--set", "model_options.d=32"]
     assert main([*args, "--set", "model_options.n_heads=4"]) == 0
     out = capsys.readouterr().out
@@ -26,7 +36,9 @@ def test_synth_train_evaluate_predict(tmp_path: Path, capsys: pytest.CaptureFixt
     assert saved["model_options"]["d"] == 32 and saved["run"]["seed"] == 3 and saved["optim"]["lr"] == 2e-3
 
     report = tmp_path / "test.json"
-    assert main(["evaluate", "--run", str(run), "--split", "test", "--json", str(report), "--no-progress"]) == 0
+    assert (
+        main(["evaluate", "--run", str(run), "--split", "test", "--json", str(report), "--no-progress"]) == 0
+    )
     metrics = json.loads(report.read_text())
     for key in ("r1@0.3", "r1@0.5", "r1@0.7", "r5@0.3", "r5@0.5", "r5@0.7", "miou"):
         assert 0.0 <= metrics[key] <= 100.0
@@ -34,7 +46,9 @@ def test_synth_train_evaluate_predict(tmp_path: Path, capsys: pytest.CaptureFixt
     assert metrics["r5@0.3"] >= metrics["r1@0.3"] >= metrics["r1@0.5"] >= metrics["r1@0.7"]
 
     quantized = tmp_path / "q.json"
-    main(["evaluate", "--run", str(run), "--protocol", "quantized", "--json", str(quantized), "--no-progress"])
+    main(
+        ["evaluate", "--run", str(run), "--protocol", "quantized", "--json", str(quantized), "--no-progress"]
+    )
     assert json.loads(quantized.read_text())["protocol"] == "quantized"
 
     features = tmp_path / "video.npy"
@@ -46,7 +60,10 @@ def test_synth_train_evaluate_predict(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "opens the door" in table and table.count("│ 3 ") == 1
 
     # resume a finished run: nothing left to do, still a clean exit
-    assert main(["train", "--data", str(data / "data.yaml"), "--out", str(run), "--resume", "--no-progress"]) == 0
+    assert (
+        main(["train", "--data", str(data / "data.yaml"), "--out", str(run), "--resume", "--no-progress"])
+        == 0
+    )
 
 
 def test_errors_are_clear_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -189,6 +189,7 @@ def train(
         start_epoch = int(state["epoch"]) + 1
         log.info("resuming %s at epoch %d", run_dir, start_epoch + 1)
 
+    tensorboard = open_tensorboard(run_dir)
     collate_fn = partial(collate, max_chars=data.prepared.cfg.max_word_chars)
     select = cfg.eval.select_metric
     epochs = cfg.optim.epochs if trainable else min(cfg.optim.epochs, 1)
@@ -260,6 +261,11 @@ def train(
             },
         )
         write_metrics(run_dir, history, best, model)
+        if tensorboard is not None:
+            for key, value in row.items():
+                if key != "epoch" and isinstance(value, int | float):
+                    tensorboard.add_scalar(key.replace("_", "/", 1), value, epoch + 1)
+            tensorboard.flush()
         log.info(
             "epoch %d: loss %.4f val %s %.2f miou %.2f",
             epoch + 1,
@@ -272,6 +278,15 @@ def train(
             on_epoch_end(epoch + 1, row)
     load_weights(model, run_dir / "model.safetensors")
     return {"best": best, "history": history, "n_trainable": model.n_trainable, "run_dir": str(run_dir)}
+
+
+def open_tensorboard(run_dir: Path):
+    """A TensorBoard writer in run_dir/tensorboard when the tensorboard package is installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
 
 
 def split_summary(data: RunData) -> dict[str, Any]:

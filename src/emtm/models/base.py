@@ -15,6 +15,9 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+OUTPUT_FORMS = ("span", "2dmap", "proposals", "regression")
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """What a model needs to know about the data it will see."""
@@ -35,9 +38,23 @@ class Predictions:
 
 
 class GroundingModel(nn.Module):
-    """A model maps a batch to outputs, outputs to a loss, and outputs to ranked windows."""
+    """A model maps a batch to outputs, outputs to a loss, and outputs to ranked windows.
+
+    As a teacher, `teacher_outputs` gives its native output in one of the forms of `OUTPUT_FORMS`
+    (see emtm.distill.unify, which turns each form into start/end distributions on the student grid):
+
+    * "span": start_logits, end_logits (B, L) on the batch's clip grid (video_mask);
+    * "2dmap": map_scores (B, N, N) in [0, 1] or logits, map_mask (B, N, N) bool; cell (i, j) is the
+      moment [i/N, (j+1)/N] of the video's valid length;
+    * "proposals": windows (B, K, 2) as fractions of the video, scores (B, K) >= 0, best first;
+    * "regression": window (B, 2) as fractions of the video.
+    """
 
     Config: type[ModelConfig] = ModelConfig
+    output_form: str = "span"
+
+    def teacher_outputs(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} cannot act as a teacher")  # pragma: no cover
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:  # pragma: no cover - interface
         raise NotImplementedError

@@ -45,6 +45,7 @@ class PositionalEmbedding(nn.Module):
     def __init__(self, d: int, max_len: int):
         super().__init__()
         self.table = nn.Embedding(max_len, d)
+        nn.init.normal_(self.table.weight, std=0.02)  # small next to LayerNorm-ed features
 
     def forward(self, x: Tensor) -> Tensor:
         positions = torch.arange(x.shape[1], device=x.device)

@@ -46,6 +46,10 @@ class SpanModel(GroundingModel):
     """Shared by every model that predicts start/end logits per clip: loss and decoding."""
 
     config: StudentConfig
+    output_form = "span"
+
+    def teacher_outputs(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"start_logits": outputs["start_logits"], "end_logits": outputs["end_logits"]}
 
     def loss(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         loc = boundary_loss(outputs["start_logits"], outputs["end_logits"], batch)
