@@ -22,7 +22,9 @@ def write_dataset(root: Path, missing: int = 0) -> Path:
     (root / "durations.json").write_text("{" + ", ".join(f'"V{i:02d}": 20.0' for i in range(20)) + "}")
     (root / "feats").mkdir()
     for i in range(20 - missing):
-        np.save(root / "feats" / f"V{i:02d}.npy", np.random.default_rng(i).normal(size=(20 + i, 8)).astype("f4"))
+        np.save(
+            root / "feats" / f"V{i:02d}.npy", np.random.default_rng(i).normal(size=(20 + i, 8)).astype("f4")
+        )
     cfg = {
         "format": "charades_sta",
         "splits": {"train": "train.txt", "test": "test.txt"},
@@ -65,7 +67,9 @@ def test_missing_videos_fail_clearly_or_are_skipped_and_counted(tmp_path: Path) 
     prepared = prepare(load_data_config(yaml_path), seed=0)
     total_missing = sum(split.n_missing_videos for split in prepared.splits.values())
     assert total_missing == 3
-    assert all(s.video_id not in {"V17", "V18", "V19"} for split in prepared.splits.values() for s in split.samples)
+    assert all(
+        s.video_id not in {"V17", "V18", "V19"} for split in prepared.splits.values() for s in split.samples
+    )
 
 
 def test_items_resample_long_videos_and_batches_pad_with_masks(tmp_path: Path) -> None:
