@@ -1,0 +1,136 @@
+"""The joint EMTM model trained by `emtm distill` (emtm-method.md §4-§6).
+
+    shared encoder ─┬─ student head ─────────────── start/end logits (the only path at inference)
+                    ├─ dual attention + span head ── isomorphic teacher (its own GT loss)
+                    └─ KAU ── weights ── mixture of the cached teachers' distributions ── KD target
+
+Loss = student hard + iso_weight · iso hard + ensemble_weight · ensemble hard
+       + kd_weight · (KD(start) + KD(end)) + align_weight · hidden-state alignment.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from emtm.distill.kau import KnowledgeAggregation, ensemble
+from emtm.distill.losses import ensemble_hard_loss, kd_loss
+from emtm.distill.unify import span_to_dist
+from emtm.models.base import DataSpec
+from emtm.models.encoder import GroundingEncoder
+from emtm.models.losses import boundary_loss, matching_loss
+from emtm.models.registry import register
+from emtm.models.seqpan import DualAttentionBlock
+from emtm.models.student import SpanHead, SpanModel, StudentConfig
+
+
+class EMTMConfig(StudentConfig):
+    n_teachers: int = 0  # offline teachers in the cache (0: isomorphic teacher only)
+    n_dual: int = 2  # dual attention blocks of the isomorphic teacher
+    isomorphic: bool = True  # train the isomorphic teacher on the shared encoder
+    use_kau: bool = True  # False: plain mean of the teachers
+    per_clip_weights: bool = False
+    iso_in_kau: bool = False  # add the isomorphic teacher's live outputs as one more KAU teacher
+    kau_hidden: int = 32
+    temperature: float = 1.0
+    kd_weight: float = 0.1
+    iso_weight: float = 1.0
+    ensemble_weight: float = 1.0
+    align_weight: float = 0.0
+
+
+@register("emtm")
+class EMTM(SpanModel):
+    """Student + isomorphic teacher sharing one encoder, plus the KAU over cached teachers."""
+
+    Config = EMTMConfig
+
+    def __init__(self, config: EMTMConfig, spec: DataSpec):
+        super().__init__()
+        self.config = config
+        self.encoder = GroundingEncoder(spec, config.d, config.dropout, config.char_dim)
+        self.head = SpanHead(config.d, spec.max_video_len, config.n_heads, config.dropout)
+        if config.isomorphic:
+            self.dual = nn.ModuleList(
+                DualAttentionBlock(config.d, config.n_heads, config.dropout) for _ in range(config.n_dual)
+            )
+            self.iso_head = SpanHead(config.d, spec.max_video_len, config.n_heads, config.dropout)
+        n_kau = config.n_teachers + (1 if config.iso_in_kau and config.isomorphic else 0)
+        if n_kau and config.use_kau:
+            self.kau = KnowledgeAggregation(config.d, n_kau, config.kau_hidden, config.per_clip_weights)
+
+    @property
+    def match_embeddings(self) -> Tensor:
+        return self.head.matching.label_embeddings
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        enc = self.encoder(batch)
+        outputs = self.head(enc.video, enc.query, enc.video_mask, enc.query_mask)
+        if not self.training:  # inference: the student path only
+            return outputs
+        if self.config.isomorphic:
+            video, query = enc.video, enc.query
+            for block in self.dual:
+                video, query = block(video, query, enc.video_mask, enc.query_mask)
+            iso = self.iso_head(video, query, enc.video_mask, enc.query_mask)
+            outputs.update({f"iso_{k}": v for k, v in iso.items()})
+            outputs["iso_video"] = video
+        outputs["student_video"] = enc.video
+        teacher_dists = self.teacher_distributions(outputs, batch)
+        if teacher_dists is not None:
+            if hasattr(self, "kau"):
+                weights = self.kau(enc.video, enc.query, enc.video_mask, enc.query_mask)
+            else:
+                k = teacher_dists.shape[1]
+                weights = torch.full((teacher_dists.shape[0], k, 2), 1.0 / k, device=teacher_dists.device)
+            outputs["kau_weights"] = weights
+            outputs["ens_start"], outputs["ens_end"] = ensemble(teacher_dists, weights, enc.video_mask)
+        return outputs
+
+    def teacher_distributions(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor | None:
+        """(B, K, 2, L): cached teachers, plus the live isomorphic teacher when asked."""
+        dists = [batch["teacher_dists"]] if "teacher_dists" in batch else []
+        if self.config.iso_in_kau and self.config.isomorphic:
+            start, end = span_to_dist(
+                outputs["iso_start_logits"].detach(),
+                outputs["iso_end_logits"].detach(),
+                batch["video_mask"],
+                self.config.temperature,
+            )
+            dists.append(torch.stack([start, end], 1).unsqueeze(1))
+        return torch.cat(dists, 1) if dists else None
+
+    def loss(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        cfg = self.config
+        total, parts = super().loss(outputs, batch)
+        if cfg.isomorphic:
+            iso = boundary_loss(outputs["iso_start_logits"], outputs["iso_end_logits"], batch)
+            iso = iso + cfg.match_weight * matching_loss(
+                outputs["iso_match_logits"], self.iso_head.matching.label_embeddings, batch, cfg.match_ext
+            )
+            total = total + cfg.iso_weight * iso
+            parts["iso"] = iso.item()
+            if cfg.align_weight:
+                align = hidden_alignment(outputs["student_video"], outputs["iso_video"], batch["video_mask"])
+                total = total + cfg.align_weight * align
+                parts["align"] = align.item()
+        if "ens_start" in outputs:
+            ens = ensemble_hard_loss(outputs["ens_start"], outputs["ens_end"], batch)
+            mask, t = batch["video_mask"], cfg.temperature
+            kd = kd_loss(outputs["start_logits"], outputs["ens_start"], mask, t) + kd_loss(
+                outputs["end_logits"], outputs["ens_end"], mask, t
+            )
+            total = total + cfg.ensemble_weight * ens + cfg.kd_weight * kd
+            parts.update(ensemble=ens.item(), kd=kd.item())
+        return total, parts
+
+    def student_state_dict(self) -> dict[str, Tensor]:
+        """The weights of a plain `student` model: no teacher branch, no KAU."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith(("encoder.", "head."))}
+
+
+def hidden_alignment(student_video: Tensor, iso_video: Tensor, mask: Tensor) -> Tensor:
+    """Mean squared distance between the student's and the isomorphic teacher's clip states."""
+    per_clip = F.mse_loss(student_video, iso_video.detach(), reduction="none").mean(-1)
+    return (per_clip * mask).sum() / mask.sum().clamp_min(1)
