@@ -29,6 +29,7 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     p.add_argument("--word-vectors", help="override data.yaml's word_vectors (e.g. a GloVe .txt path)")
     args = p.parse_args()
     out = Path(args.out)
@@ -54,7 +55,9 @@ def main() -> None:
         "meanpool": {"epochs": args.epochs, "lr": args.lr, "workers": args.workers},
         "student": {"epochs": args.epochs, "lr": args.lr, "workers": args.workers},
     }
-    compare_models(yaml_path, out / "runs", models, device=args.device, seed=args.seed, title=title)
+    compare_models(
+        yaml_path, out / "runs", models, device=args.device, seed=args.seed, title=title, threads=args.threads
+    )
 
 
 if __name__ == "__main__":

@@ -43,11 +43,14 @@ def compare_models(
     device: str = "auto",
     seed: int = 0,
     title: str = "",
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Train each model on the data.yaml, evaluate on its test split, print and write one table."""
     from emtm.cli import print_table
 
     dev = resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
     results: dict[str, Any] = {"data": str(yaml_path), "device": device_name(dev), "seed": seed, "models": {}}
     for name, settings in models.items():
         print(f"\n== {name}: training {settings['epochs']} epoch(s) on {results['device']}")
@@ -56,7 +59,12 @@ def compare_models(
             model=name,
             model_options=settings.get("options", {}),
             optim={"epochs": settings["epochs"], "lr": settings.get("lr", 5e-4)},
-            run={"device": device, "seed": seed, "num_workers": settings.get("workers", 0)},
+            run={
+                "device": device,
+                "seed": seed,
+                "num_workers": settings.get("workers", 0),
+                "threads": threads,
+            },
         )
         started = time.perf_counter()
         train(cfg, out / name)
