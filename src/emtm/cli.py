@@ -165,6 +165,56 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- distill
+def cmd_distill(args: argparse.Namespace) -> int:
+    from emtm.engine.checkpoint import export_student
+    from emtm.engine.train import train
+
+    if not args.resume:
+        missing = [t for t in args.teachers if not Path(t).exists()]
+        if missing:
+            raise EmtmError(f"teacher cache(s) not found: {missing}; build them with `emtm teachers export`")
+        args.model = "emtm"
+        args.set = [f"model_options.n_teachers={len(args.teachers)}", *args.set]
+    if args.resume:
+        return cmd_train(args)
+    cfg = train_config_from_args(args)
+    cfg.teachers = [str(Path(t).resolve()) for t in args.teachers]
+    result = train(cfg, args.out)
+    student_dir = export_student(Path(args.out))
+    best = result["best"]
+    print_table(
+        f"EMTM student distilled from {len(cfg.teachers)} teacher(s): best validation epoch {best['epoch']}",
+        ["split", *METRIC_KEYS, "queries"],
+        [metrics_row("val", best, [best["n_queries"]])],
+    )
+    print(f"student-only run (no teacher branch, no KAU): {student_dir}")
+    print(f"next: emtm evaluate --run {student_dir} --split test")
+    return 0
+
+
+def cmd_teachers(args: argparse.Namespace) -> int:
+    from emtm.distill.cache import TeacherCache, export_teacher, import_outputs
+
+    if args.action == "export":
+        path = export_teacher(
+            args.run, args.data, args.split, args.out, temperature=args.temperature, sigma_frac=args.sigma
+        )
+    else:
+        path = import_outputs(
+            args.format, args.input, args.data, args.split, args.out, teacher_name=args.name,
+            temperature=args.temperature, sigma_frac=args.sigma,
+        )  # fmt: skip
+    with TeacherCache(path) as cache:
+        meta = cache.meta
+        print_table(
+            f"teacher cache {path}",
+            ["teacher", "form", "split", "queries", "temperature", "source"],
+            [[meta.teacher, meta.output_form, meta.split, len(cache), meta.temperature, meta.source]],
+        )
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from emtm.config import load_data_config
@@ -278,6 +328,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (student, baselines) on a data.yaml")
     add_train_options(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("distill", help="EMTM: distil cached teachers into the student (KAU + shared encoder)")
+    add_train_options(p)
+    p.add_argument("--teachers", nargs="+", default=[], help="teacher caches (.h5) from `emtm teachers`")
+    p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser(
+        "teachers", help="build teacher caches: export a trained run, or import outside outputs"
+    )
+    p.add_argument("action", choices=["export", "import"])
+    p.add_argument("--data", required=True, help="data.yaml of the dataset to distil on")
+    p.add_argument("--split", default="train", help="split to cache (distillation uses train)")
+    p.add_argument("--out", help="cache file to write (.h5)")
+    p.add_argument("--run", help="export: the teacher's run directory")
+    p.add_argument(
+        "--format", choices=["span", "2dmap", "proposals", "regression"], help="import: output form"
+    )
+    p.add_argument(
+        "--in", dest="input", help="import: .npz or .jsonl file (layouts: emtm.distill.cache docs)"
+    )
+    p.add_argument("--name", help="import: teacher name recorded in the cache")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of the unification")
+    p.add_argument(
+        "--sigma", type=float, default=0.05, help="Gaussian width for proposals/regression (video fraction)"
+    )
+    p.set_defaults(func=cmd_teachers)
 
     p = sub.add_parser("evaluate", help="score a trained run on a split; prints a table, writes JSON")
     p.add_argument("--run", required=True, help="run directory written by emtm train")

@@ -106,6 +106,7 @@ class TrainConfig(BaseModel):
     data: str
     model: str = "student"
     model_options: dict[str, Any] = Field(default_factory=dict)
+    teachers: list[str] = Field(default_factory=list, description="teacher caches (.h5) for distillation")
     optim: OptimConfig = Field(default_factory=OptimConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     run: RunConfig = Field(default_factory=RunConfig)

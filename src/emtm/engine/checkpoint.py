@@ -119,6 +119,27 @@ def load_run(
     return LoadedRun(run_dir, cfg, spec, vocab, model, raw)
 
 
+def export_student(run_dir: Path, out: Path | None = None) -> Path:
+    """Write a plain `student` run (config, vocab, weights) from a distilled EMTM run: no teacher, no KAU."""
+    import shutil
+
+    run = load_run(run_dir)
+    out = out or run_dir / "student"
+    out.mkdir(parents=True, exist_ok=True)
+    options = {
+        k: v for k, v in run.cfg.model_options.items() if k in type(model_config("student")).model_fields
+    }
+    student_cfg = run.cfg.model_copy(update={"model": "student", "model_options": options, "teachers": []})
+    student = build_model("student", model_config("student", options), run.spec.to_spec())
+    student.load_state_dict(run.model.student_state_dict(), strict=True)
+    write_run_config(out, student_cfg, run.spec, {"distilled_from": str(run_dir)})
+    shutil.copyfile(run_dir / "vocab.json", out / "vocab.json")
+    save_weights(student, out / "model.safetensors")
+    if (run_dir / "metrics.json").exists():
+        shutil.copyfile(run_dir / "metrics.json", out / "metrics.json")
+    return out
+
+
 def save_train_state(run_dir: Path, state: dict[str, Any]) -> None:
     with atomic_path(run_dir / "last_state.pt") as tmp:
         torch.save(state, tmp)

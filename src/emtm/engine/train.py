@@ -191,6 +191,8 @@ def train(
 
     tensorboard = open_tensorboard(run_dir)
     collate_fn = partial(collate, max_chars=data.prepared.cfg.max_word_chars)
+    if cfg.teachers:
+        train_set, collate_fn = with_teachers(cfg, train_set)
     select = cfg.eval.select_metric
     epochs = cfg.optim.epochs if trainable else min(cfg.optim.epochs, 1)
     for epoch in range(start_epoch, max(epochs, 1)):
@@ -278,6 +280,18 @@ def train(
             on_epoch_end(epoch + 1, row)
     load_weights(model, run_dir / "model.safetensors")
     return {"best": best, "history": history, "n_trainable": model.n_trainable, "run_dir": str(run_dir)}
+
+
+def with_teachers(cfg: TrainConfig, train_set: GroundingDataset):
+    """Wrap the training set so each batch carries the cached teachers' distributions."""
+    from emtm.distill.cache import TeacherCache, check_compatible
+    from emtm.distill.data import TeacherDataset, collate_with_teachers
+
+    caches = [TeacherCache(path) for path in cfg.teachers]
+    for cache in caches:
+        check_compatible(cache, cfg.data, "train")
+    collate_fn = partial(collate_with_teachers, max_chars=train_set.cfg.max_word_chars)
+    return TeacherDataset(train_set, caches), collate_fn
 
 
 def open_tensorboard(run_dir: Path):

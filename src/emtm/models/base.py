@@ -8,6 +8,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
+from emtm.errors import EmtmError
+
 
 class ModelConfig(BaseModel):
     """Base for each model's own config. Unknown keys are an error, caught once at the edge."""
@@ -54,7 +56,9 @@ class GroundingModel(nn.Module):
     output_form: str = "span"
 
     def teacher_outputs(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        raise NotImplementedError(f"{type(self).__name__} cannot act as a teacher")  # pragma: no cover
+        raise EmtmError(
+            f"model {type(self).__name__} has no teacher outputs; use a teacher model (see README)"
+        )
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:  # pragma: no cover - interface
         raise NotImplementedError

@@ -1,0 +1,58 @@
+"""EMTM end to end on the tiny preset: train a teacher, cache it, distil, evaluate the exported student."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from emtm.cli import main
+
+FAST = ["--epochs", "2", "--batch-size", "16", "--lr", "3e-3", "--device", "cpu", "--no-progress"]
+SMALL = ["--set", "model_options.d=32", "--set", "model_options.n_heads=4"]
+
+
+def test_teacher_export_distill_evaluate(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data = str(tiny_data)
+    teacher = tmp_path / "t_regress"
+    assert (
+        main(["train", "--data", data, "--model", "regress", "--out", str(teacher), *FAST, *SMALL[:2]]) == 0
+    )
+    cache = tmp_path / "regress.h5"
+    assert main(["teachers", "export", "--run", str(teacher), "--data", data, "--out", str(cache)]) == 0
+    assert "regression" in capsys.readouterr().out
+
+    run = tmp_path / "emtm"
+    args = ["distill", "--data", data, "--teachers", str(cache), "--out", str(run), *FAST, *SMALL]
+    assert main(args) == 0
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    assert {"train_kd", "train_ensemble", "train_iso"} <= set(history[0])
+
+    student = run / "student"
+    weights = load_file(student / "model.safetensors")
+    assert not any(k.startswith(("dual", "iso_head", "kau")) for k in weights)
+    assert json.loads((student / "config.json").read_text())["train"]["model"] == "student"
+    report = tmp_path / "test.json"
+    assert main(["evaluate", "--run", str(student), "--json", str(report), "--no-progress"]) == 0
+    assert json.loads(report.read_text())["n_queries"] > 0
+
+
+def test_distill_refuses_a_cache_for_other_annotations(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    teacher = tmp_path / "t"
+    data = str(tiny_data)
+    main(["train", "--data", data, "--model", "regress", "--out", str(teacher), *FAST[2:], "--epochs", "1"])
+    other = tmp_path / "other"
+    assert main(["synth", "--preset", "tiny", "--seed", "5", "--out", str(other)]) == 0
+    cache = tmp_path / "c.h5"
+    main(
+        ["teachers", "export", "--run", str(teacher), "--data", str(other / "data.yaml"), "--out", str(cache)]
+    )
+    capsys.readouterr()
+    assert (
+        main(["distill", "--data", data, "--teachers", str(cache), "--out", str(tmp_path / "e"), *FAST]) == 2
+    )
+    assert "c.h5" in capsys.readouterr().err
