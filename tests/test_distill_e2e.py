@@ -56,3 +56,61 @@ def test_distill_refuses_a_cache_for_other_annotations(tiny_data: Path, tmp_path
         main(["distill", "--data", data, "--teachers", str(cache), "--out", str(tmp_path / "e"), *FAST]) == 2
     )
     assert "c.h5" in capsys.readouterr().err
+
+
+def test_ablation_table_is_produced_and_resumable(tiny_data: Path, tmp_path: Path) -> None:
+    data = str(tiny_data)
+    caches = []
+    for name in ("regress", "seqpan"):
+        run = tmp_path / name
+        main(
+            [
+                "train",
+                "--data",
+                data,
+                "--model",
+                name,
+                "--out",
+                str(run),
+                *FAST[2:],
+                "--epochs",
+                "1",
+                *SMALL[:2],
+            ]
+        )
+        caches.append(str(tmp_path / f"{name}.h5"))
+        assert main(["teachers", "export", "--run", str(run), "--data", data, "--out", caches[-1]]) == 0
+    out = tmp_path / "ablation"
+    args = [
+        "ablate",
+        "--data",
+        data,
+        "--teachers",
+        *caches,
+        "--out",
+        str(out),
+        "--seeds",
+        "2",
+        "--epochs",
+        "1",
+    ]
+    assert main([*args, "--device", "cpu"]) == 0
+    summary = json.loads((out / "ablation_summary.json").read_text())
+    assert list(summary) == [
+        "student alone",
+        "student + regress",
+        "student + seqpan",
+        "student + mean of teachers",
+        "student + KAU",
+        "student + KAU + shared encoder (EMTM)",
+        "EMTM, 1 teacher(s): regress",
+        "EMTM, d=32",
+        "EMTM, d=64",
+    ]
+    assert all(row["n_seeds"] == 2 and row["gflops"] > 0 and row["params"] > 0 for row in summary.values())
+    assert summary["EMTM, d=32"]["params"] < summary["student alone"]["params"]
+    table = (out / "ablation.md").read_text()
+    assert "±" in table and "student + KAU + shared encoder (EMTM)" in table
+    before = (out / "ablation.json").stat().st_mtime_ns
+    assert main([*args, "--device", "cpu"]) == 0  # everything finished: nothing is retrained
+    assert (out / "ablation.json").stat().st_mtime_ns == before

@@ -193,6 +193,23 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from emtm.engine.ablate import run_ablation, summarise
+
+    state = run_ablation(
+        Path(args.data), args.teachers, Path(args.out), args.seeds, args.epochs, args.lr, device=args.device
+    )
+    rows = []
+    for name, results in state["rows"].items():
+        s = summarise(results)
+        rows.append([name, *[f"{s[k]['mean']:.2f} ± {s[k]['std']:.2f}" for k in METRIC_KEYS if k in s]])
+        rows[-1] += [f"{s['params'] / 1e6:.3f}", f"{s['gflops']:.3f}"]
+    columns = ["row", "r1@0.3", "r1@0.5", "r1@0.7", "miou", "params (M)", "GFLOPs"]
+    print_table(f"ablation, test split, {args.seeds} seed(s), mean ± std", columns, rows)
+    print(f"wrote {Path(args.out) / 'ablation.md'} and ablation.json (finished rows are kept on re-run)")
+    return 0
+
+
 def cmd_teachers(args: argparse.Namespace) -> int:
     from emtm.distill.cache import TeacherCache, export_teacher, import_outputs
 
@@ -217,8 +234,7 @@ def cmd_teachers(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from emtm.config import load_data_config
-    from emtm.data.dataset import GroundingDataset, prepare
+    from emtm.data.dataset import split_dataset
     from emtm.engine.checkpoint import load_run
     from emtm.engine.evaluate import length_breakdown, predict_dataset, score_predictions
     from emtm.engine.train import resolve_device
@@ -226,15 +242,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     run = load_run(args.run, "last.safetensors" if args.weights == "last" else "model.safetensors", device)
-    data_cfg = load_data_config(args.data or run.cfg.data)
-    prepared = prepare(
-        data_cfg, run.cfg.run.seed, names=(args.split,) if args.split != "val" else ("train", "val")
-    )
-    if args.split not in prepared.splits:
-        raise EmtmError(
-            f"split {args.split!r} not found in {data_cfg.root}/data.yaml (has {list(data_cfg.splits)})"
-        )
-    dataset = GroundingDataset(prepared.splits[args.split].samples, prepared.store, run.vocab, data_cfg)
+    dataset = split_dataset(args.data or run.cfg.data, args.split, run.vocab, run.cfg.run.seed)
     eval_cfg = run.cfg.eval.model_copy(update={"protocol": args.protocol})
     preds = predict_dataset(
         run.model, dataset, eval_cfg, device, args.batch_size, progress=not args.no_progress
@@ -354,6 +362,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--sigma", type=float, default=0.05, help="Gaussian width for proposals/regression (video fraction)"
     )
     p.set_defaults(func=cmd_teachers)
+
+    p = sub.add_parser("ablate", help="the paper's ablation table over seeds (resumable)")
+    p.add_argument("--data", required=True, help="data.yaml")
+    p.add_argument("--teachers", nargs="+", required=True, help="teacher caches (.h5)")
+    p.add_argument("--out", default="runs/ablation", help="folder for runs, ablation.json and ablation.md")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per row")
+    p.add_argument("--epochs", type=int, default=20, help="epochs per run")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("evaluate", help="score a trained run on a split; prints a table, writes JSON")
     p.add_argument("--run", required=True, help="run directory written by emtm train")

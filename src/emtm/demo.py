@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from emtm.config import TrainConfig, load_data_config
+from emtm.config import TrainConfig
 from emtm.data import synth
-from emtm.data.dataset import GroundingDataset, prepare
+from emtm.data.dataset import split_dataset
 from emtm.engine.checkpoint import load_run
 from emtm.engine.evaluate import evaluate
 from emtm.engine.train import resolve_device, train
@@ -70,7 +70,8 @@ def compare_models(
         train(cfg, out / name)
         seconds = time.perf_counter() - started
         run = load_run(out / name, device=dev)
-        metrics = evaluate(run.model, _test_dataset(run, cfg), run.cfg.eval, dev, batch_size=128)
+        test_set = split_dataset(cfg.data, "test", run.vocab, seed)
+        metrics = evaluate(run.model, test_set, run.cfg.eval, dev, batch_size=128)
         results["models"][name] = {
             **metrics,
             "epochs": settings["epochs"],
@@ -93,12 +94,6 @@ def compare_models(
             handle.write("| " + " | ".join(cells) + " |\n")
     print(f"wrote {out / 'results.json'} and {out / 'results.md'}; training curves in {out}/*/curve.png")
     return results
-
-
-def _test_dataset(run, cfg: TrainConfig) -> GroundingDataset:
-    data_cfg = load_data_config(cfg.data)
-    prepared = prepare(data_cfg, cfg.run.seed, names=("test",))
-    return GroundingDataset(prepared.splits["test"].samples, prepared.store, run.vocab, data_cfg)
 
 
 def run_demo(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -169,3 +170,14 @@ def collate(items: list[dict], max_chars: int = 16) -> dict[str, torch.Tensor]:
     for key in ("start_frac", "end_frac", "duration"):
         batch[key] = torch.tensor([it[key] for it in items], dtype=torch.float32)
     return batch
+
+
+def split_dataset(data_yaml: str | Path, split: str, vocab: Vocab, seed: int = 0) -> GroundingDataset:
+    """The GroundingDataset of one split of a data.yaml (val: the dataset's or the seeded hold-out)."""
+    from emtm.config import load_data_config
+
+    cfg = load_data_config(data_yaml)
+    prepared = prepare(cfg, seed, names=("train", "val") if split == "val" else (split,))
+    if split not in prepared.splits:
+        raise DataError(f"split {split!r} not found in {data_yaml} (it has {', '.join(cfg.splits)})")
+    return GroundingDataset(prepared.splits[split].samples, prepared.store, vocab, cfg)
