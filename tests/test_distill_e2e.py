@@ -36,6 +36,10 @@ def test_teacher_export_distill_evaluate(
     weights = load_file(student / "model.safetensors")
     assert not any(k.startswith(("dual", "iso_head", "kau")) for k in weights)
     assert json.loads((student / "config.json").read_text())["train"]["model"] == "student"
+    sample_id = (Path(data).parent / "train.txt").read_text().split()[0] + "_0"
+    figure = tmp_path / "q.png"
+    assert main(["show", "--run", str(run), "--sample-id", sample_id, "--out", str(figure)]) == 0
+    assert figure.read_bytes()[:4] == b"\x89PNG"
     report = tmp_path / "test.json"
     assert main(["evaluate", "--run", str(student), "--json", str(report), "--no-progress"]) == 0
     assert json.loads(report.read_text())["n_queries"] > 0

@@ -210,6 +210,14 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    from emtm.distill.show import show_query
+
+    path = show_query(args.run, args.sample_id, args.out, args.data)
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_teachers(args: argparse.Namespace) -> int:
     from emtm.distill.cache import TeacherCache, export_teacher, import_outputs
 
@@ -372,6 +380,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("show", help="draw one training query: teachers, KAU weights, ensemble, student")
+    p.add_argument("--run", required=True, help="a run written by emtm distill")
+    p.add_argument("--sample-id", required=True, help="a training query's sample_id (e.g. VIDEO_0)")
+    p.add_argument("--out", default="query.png", help="PNG to write")
+    p.add_argument("--data", help="data.yaml (default: the run's)")
+    p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("evaluate", help="score a trained run on a split; prints a table, writes JSON")
     p.add_argument("--run", required=True, help="run directory written by emtm train")
