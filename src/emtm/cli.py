@@ -38,7 +38,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         if args.format == "charades_sta" and not args.durations:
             beside = sorted(Path(args.annotations[0]).parent.glob("*durations*.json"))
             if not beside:
-                raise EmtmError("charades_sta needs video durations: pass --durations FILE (JSON or Charades CSV)")
+                raise EmtmError("charades_sta needs durations: pass --durations FILE (JSON or Charades CSV)")
             args.durations = str(beside[0])
             print(f"using durations from {args.durations}")
         yaml_path = synth.synthesize_features_for_annotations(
