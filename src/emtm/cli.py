@@ -216,6 +216,19 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recipe(args: argparse.Namespace) -> int:
+    from emtm.engine.recipe import load_recipe, run_recipe
+
+    recipe = load_recipe(args.recipe)
+    if args.epochs is not None:
+        recipe.optim.epochs = args.epochs
+    run_recipe(
+        recipe, Path(args.annotations), Path(args.features), args.word_vectors, Path(args.out), args.device
+    )
+    print(f"wrote {Path(args.out) / 'report.md'} (re-running resumes; finished steps are kept)")
+    return 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from emtm.distill.show import show_query
 
@@ -386,6 +399,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser(
+        "recipe", help="a paper benchmark end to end: teachers, caches, EMTM, evaluation, report"
+    )
+    p.add_argument("recipe", help="charades-sta, activitynet, tacos, or a recipe .yaml")
+    p.add_argument(
+        "--features", required=True, help="{vid}.npy folder (VSLNet layout) or .h5 (2D-TAN layout)"
+    )
+    p.add_argument("--annotations", required=True, help="folder with the split files named in the recipe")
+    p.add_argument("--word-vectors", default="glove-6b-50d", help="e.g. a path to glove.840B.300d.txt")
+    p.add_argument("--out", default="runs/recipe", help="folder for every run, cache and the report")
+    p.add_argument("--epochs", type=int, help="override the recipe's epochs (e.g. for a quick check)")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.set_defaults(func=cmd_recipe)
 
     p = sub.add_parser("show", help="draw one training query: teachers, KAU weights, ensemble, student")
     p.add_argument("--run", required=True, help="a run written by emtm distill")
