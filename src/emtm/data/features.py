@@ -77,7 +77,29 @@ def _check(feats: Any, video_id: str, path: Path, dim: int | None) -> np.ndarray
     return feats
 
 
-class NpyDirStore:
+class _Store:
+    """What both stores share: D read from the first video, and every load checked against it."""
+
+    _dim: int | None = None
+
+    def video_ids(self) -> list[str]:  # pragma: no cover - implemented by each store
+        raise NotImplementedError
+
+    def _read(self, video_id: str, dim: int | None = None) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            first = self.video_ids()[0]
+            self._dim = int(self._read(first).shape[1])
+        return self._dim
+
+    def load(self, video_id: str) -> np.ndarray:
+        return self._read(video_id, self.dim)
+
+
+class NpyDirStore(_Store):
     """A folder of {video_id}.npy files, each (T, D). Files are read lazily, one per `load`."""
 
     def __init__(self, path: str | os.PathLike):
@@ -99,16 +121,6 @@ class NpyDirStore:
     def __contains__(self, video_id: str) -> bool:
         return (self.path / f"{video_id}.npy").is_file()
 
-    @property
-    def dim(self) -> int:
-        if self._dim is None:
-            first = self.video_ids()[0]
-            self._dim = int(self._read(first).shape[1])
-        return self._dim
-
-    def load(self, video_id: str) -> np.ndarray:
-        return self._read(video_id, self.dim)
-
     def _read(self, video_id: str, dim: int | None = None) -> np.ndarray:
         file = self.path / f"{video_id}.npy"
         try:
@@ -123,7 +135,7 @@ class NpyDirStore:
         return f"NpyDirStore({str(self.path)!r})"
 
 
-class H5Store:
+class H5Store(_Store):
     """An HDF5 file with one top-level (T, D) dataset per video id.
 
     The file is opened on first use in each process (the handle is reopened after a fork and
@@ -173,16 +185,6 @@ class H5Store:
         import h5py
 
         return self._file().get(video_id, getclass=True) is h5py.Dataset
-
-    @property
-    def dim(self) -> int:
-        if self._dim is None:
-            first = self.video_ids()[0]
-            self._dim = int(self._read(first).shape[1])
-        return self._dim
-
-    def load(self, video_id: str) -> np.ndarray:
-        return self._read(video_id, self.dim)
 
     def _read(self, video_id: str, dim: int | None = None) -> np.ndarray:
         if video_id not in self:

@@ -56,6 +56,15 @@ def window_iou(pred: Tensor, target: Tensor) -> Tensor:
     return inter / union.clamp_min(1e-6)
 
 
+def window_regression_loss(window: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+    """L1 + (1 - IoU) of predicted [start, end] fractions against the annotated ones, batch mean."""
+    target = torch.stack([batch["start_frac"], batch["end_frac"]], -1)
+    window = window.float()
+    l1 = F.l1_loss(window, target)
+    iou = (1 - window_iou(window, target)).mean()
+    return l1 + iou, {"l1": l1.item(), "iou": iou.item()}
+
+
 @register("meanpool")
 class MeanPoolRegressor(GroundingModel):
     """Order-free baseline: it sees the average clip and the average word, nothing in between."""
@@ -81,11 +90,7 @@ class MeanPoolRegressor(GroundingModel):
         return {"window": window}
 
     def loss(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        target = torch.stack([batch["start_frac"], batch["end_frac"]], -1)
-        window = outputs["window"].float()
-        l1 = F.l1_loss(window, target)
-        iou = (1 - window_iou(window, target)).mean()
-        return l1 + iou, {"l1": l1.item(), "iou": iou.item()}
+        return window_regression_loss(outputs["window"], batch)
 
     def predict(self, outputs: dict[str, Tensor], batch: dict[str, Tensor], top_k: int = 5, **_: object):
         window = outputs["window"].float().unsqueeze(1)

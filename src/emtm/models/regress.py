@@ -11,11 +11,10 @@ window never collapses to a point (start < end always).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emtm.models.base import DataSpec, GroundingModel, ModelConfig, Predictions
-from emtm.models.baselines import window_iou
+from emtm.models.baselines import window_regression_loss
 from emtm.models.encoder import GroundingEncoder
 from emtm.models.layers import ContextQueryAttention, ConvBlock, QueryConcat, WeightedPool
 from emtm.models.registry import register
@@ -59,11 +58,7 @@ class Regressor(GroundingModel):
         return {"window": outputs["window"]}
 
     def loss(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        target = torch.stack([batch["start_frac"], batch["end_frac"]], -1)
-        window = outputs["window"].float()
-        l1 = F.l1_loss(window, target)
-        iou = (1 - window_iou(window, target)).mean()
-        return l1 + iou, {"l1": l1.item(), "iou": iou.item()}
+        return window_regression_loss(outputs["window"], batch)
 
     def predict(
         self, outputs: dict[str, Tensor], batch: dict[str, Tensor], top_k: int = 5, **_: object
