@@ -7,7 +7,8 @@ import torch
 import emtm.distill.model  # noqa: F401  (registers "emtm")
 from emtm.data.dataset import collate
 from emtm.models.registry import build_model, model_config
-from test_models import SPEC, make_item
+from helpers import make_item
+from test_models import SPEC
 
 OPTIONS = {"d": 32, "n_heads": 4, "n_teachers": 2}
 

@@ -10,25 +10,9 @@ from emtm.errors import ConfigError
 from emtm.models.base import DataSpec
 from emtm.models.losses import BEGIN, END, INSIDE, OUTSIDE, matching_labels, smoothed_boundary_targets
 from emtm.models.registry import build_model, model_config, model_names
+from helpers import make_item
 
 SPEC = DataSpec(video_dim=12, max_video_len=32, word_vectors=torch.randn(20, 8), n_chars=15, max_query_len=10)
-
-
-def make_item(length: int, n_words: int, seed: int) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "index": seed,
-        "video": torch.randn(length, SPEC.video_dim, generator=g).numpy(),
-        "words": torch.randint(1, 20, (n_words,), generator=g).tolist(),
-        "chars": [
-            torch.randint(1, 15, (int(k),), generator=g).tolist() for k in torch.randint(1, 9, (n_words,))
-        ],
-        "start_index": 1,
-        "end_index": length - 2,
-        "start_frac": 0.1,
-        "end_frac": 0.8,
-        "duration": float(length),
-    }
 
 
 @pytest.mark.parametrize("name", ["student", "meanpool", "prior"])

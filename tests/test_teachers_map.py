@@ -14,6 +14,7 @@ from emtm.engine.train import train
 from emtm.models.base import DataSpec
 from emtm.models.registry import build_model, model_config
 from emtm.models.tan2d import bin_pooling_weights, cell_iou, moment_map, scaled_iou_targets
+from helpers import make_item as _make_item
 
 SPEC = DataSpec(video_dim=12, max_video_len=32, word_vectors=torch.randn(20, 8), n_chars=15, max_query_len=10)
 SMALL = {
@@ -24,21 +25,7 @@ TEACHERS = ["tan2d", "proposals"]
 
 
 def make_item(length: int, n_words: int, seed: int, start: int = 1, end: int | None = None) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    end = length - 2 if end is None else end
-    return {
-        "index": seed,
-        "video": torch.randn(length, SPEC.video_dim, generator=g).numpy(),
-        "words": [1] + torch.randint(2, 20, (n_words - 1,), generator=g).tolist(),  # with UNK (id 1)
-        "chars": [
-            torch.randint(1, 15, (int(k),), generator=g).tolist() for k in torch.randint(1, 9, (n_words,))
-        ],
-        "start_index": start,
-        "end_index": end,
-        "start_frac": start / length,
-        "end_frac": (end + 1) / length,
-        "duration": float(length),
-    }
+    return _make_item(length, n_words, seed, SPEC.video_dim, start, end, unk_first=True)
 
 
 def build(name: str, options: dict | None = None):

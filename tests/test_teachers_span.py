@@ -14,9 +14,10 @@ from emtm.data.dataset import collate
 from emtm.engine.train import train
 from emtm.errors import ConfigError
 from emtm.models.base import OUTPUT_FORMS, DataSpec
-from emtm.models.eamat import MotionAwareLayer  # also registers "eamat" (not yet in _ensure_loaded)
+from emtm.models.eamat import MotionAwareLayer
 from emtm.models.registry import build_model, model_config
 from emtm.models.seqpan import DualAttentionBlock
+from helpers import make_item as _make_item
 
 TEACHERS = ["seqpan", "eamat", "regress"]
 SMALL = {"d": 32, "n_heads": 4}
@@ -25,25 +26,12 @@ SPEC = DataSpec(
 )
 
 
+def make_item(length: int, n_words: int, seed: int) -> dict:
+    return _make_item(length, n_words, seed, video_dim=SPEC.video_dim)
+
+
 def small_options(name: str) -> dict:
     return {"d": 32} if name == "regress" else dict(SMALL)
-
-
-def make_item(length: int, n_words: int, seed: int) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "index": seed,
-        "video": torch.randn(length, SPEC.video_dim, generator=g).numpy(),
-        "words": torch.randint(1, 20, (n_words,), generator=g).tolist(),
-        "chars": [
-            torch.randint(1, 15, (int(k),), generator=g).tolist() for k in torch.randint(1, 9, (n_words,))
-        ],
-        "start_index": 1,
-        "end_index": length - 2,
-        "start_frac": 0.1,
-        "end_frac": 0.8,
-        "duration": float(length),
-    }
 
 
 def assert_same_valid_part(alone: dict, padded: dict, length: int) -> None:

@@ -1,0 +1,36 @@
+"""Shared test helpers (importable because pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def make_item(
+    length: int,
+    n_words: int,
+    seed: int,
+    video_dim: int = 12,
+    start: int = 1,
+    end: int | None = None,
+    unk_first: bool = False,
+) -> dict:
+    """One dataset item with random features and words, ready for `collate`."""
+    g = torch.Generator().manual_seed(seed)
+    end = length - 2 if end is None else end
+    video = torch.randn(length, video_dim, generator=g).numpy()
+    if unk_first:  # a query whose first word is unknown (id 1)
+        words = [1] + torch.randint(2, 20, (n_words - 1,), generator=g).tolist()
+    else:
+        words = torch.randint(1, 20, (n_words,), generator=g).tolist()
+    chars = [torch.randint(1, 15, (int(k),), generator=g).tolist() for k in torch.randint(1, 9, (n_words,))]
+    return {
+        "index": seed,
+        "video": video,
+        "words": words,
+        "chars": chars,
+        "start_index": start,
+        "end_index": end,
+        "start_frac": start / length,
+        "end_frac": (end + 1) / length,
+        "duration": float(length),
+    }
