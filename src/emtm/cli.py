@@ -92,7 +92,11 @@ def summarize_dataset(yaml_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- train
 def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="data.yaml describing the dataset")
-    p.add_argument("--model", default=None, help="model name from the registry (default: student)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="student (default), the baselines prior and meanpool, or a teacher: seqpan, eamat, tan2d, proposals, regress",
+    )
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument(
         "--config", help="YAML/JSON file with a TrainConfig (sections model_options, optim, eval, run)"
@@ -360,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--durations", help="durations file for charades_sta (JSON or Charades_v1_*.csv)")
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("train", help="train a model (student, baselines) on a data.yaml")
+    p = sub.add_parser("train", help="train a model (student, baselines, teachers) on a data.yaml")
     add_train_options(p)
     p.set_defaults(func=cmd_train)
 
