@@ -95,7 +95,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default=None,
-        help="student (default), the baselines prior and meanpool, or a teacher: seqpan, eamat, tan2d, proposals, regress",
+        help="student (default), the baselines prior and meanpool, "
+        "or a teacher: seqpan, eamat, tan2d, proposals, regress",
     )
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument(
