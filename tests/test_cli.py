@@ -88,3 +88,12 @@ def test_overrides_and_unknown_keys() -> None:
     args = parser.parse_args(["train", "--data", "d.yaml", "--out", "o", "--set", "model_options.width=1"])
     with pytest.raises(ConfigError, match="model.width"):
         train_config_from_args(args)
+
+
+def test_a_broken_run_directory_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "config.json").write_text('{"format_version": 1, "train": {"data": "d.yaml"}}')
+    assert main(["evaluate", "--run", str(tmp_path)]) == 2
+    assert "config.json: missing or malformed section" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text("{not json")
+    assert main(["evaluate", "--run", str(tmp_path)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err

@@ -110,8 +110,12 @@ def load_run(
         raise EmtmError(
             f"{config_path}: format_version {raw.get('format_version')!r}, expected {FORMAT_VERSION}"
         )
-    cfg = validate(TrainConfig, raw["train"], str(config_path))
-    spec = SpecInfo(**raw["spec"])
+    try:
+        cfg = validate(TrainConfig, raw["train"], str(config_path))
+        spec = SpecInfo(**raw["spec"])
+    except (KeyError, TypeError) as err:
+        problem = f"missing or malformed section ({err}); expected 'train' and 'spec'"
+        raise EmtmError(f"{config_path}: {problem}") from None
     vocab = Vocab.load(run_dir / "vocab.json")
     model = build_model(cfg.model, model_config(cfg.model, cfg.model_options), spec.to_spec())
     load_weights(model, run_dir / weights)
