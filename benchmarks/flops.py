@@ -15,7 +15,7 @@ import torch
 
 import emtm.engine.checkpoint  # noqa: F401  (registers every model)
 from emtm.bench.flops import count_parameters, flops_per_query
-from emtm.io import atomic_open, write_json
+from emtm.io import write_json, write_markdown_table
 from emtm.models.base import DataSpec
 from emtm.models.registry import build_model, model_config, model_names
 
@@ -42,16 +42,19 @@ def main() -> None:
         results[name] = row
     write_json(out / "flops.json", results)
     base = results.get("student")
-    shapes = " | ".join(f"GFLOPs {s} (L={n})" for s, n in SHAPES.items())
-    lines = [f"| model | {shapes} | x student (charades) | trainable params (charades) |"]
-    lines.append("|" + "---|" * (len(SHAPES) + 3))
-    for name, row in results.items():
-        ratio = f"{row['charades'] / base['charades']:.1f}" if base else "-"
-        cells = " | ".join(f"{row[s] / 1e9:.3f}" for s in SHAPES)
-        lines.append(f"| {name} | {cells} | {ratio} | {row['trainable'] / 1e6:.2f} M |")
-    with atomic_open(out / "flops.md") as handle:
-        handle.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    columns = ["model", *(f"GFLOPs {s} (L={n})" for s, n in SHAPES.items()), "x student (charades)"]
+    columns.append("trainable params (charades)")
+    rows = [
+        [
+            name,
+            *(f"{row[s] / 1e9:.3f}" for s in SHAPES),
+            f"{row['charades'] / base['charades']:.1f}" if base else "-",
+            f"{row['trainable'] / 1e6:.2f} M",
+        ]
+        for name, row in results.items()
+    ]
+    write_markdown_table(out / "flops.md", columns, rows)
+    print((out / "flops.md").read_text())
 
 
 if __name__ == "__main__":

@@ -152,17 +152,23 @@ def train_config_from_args(args: argparse.Namespace):
     return cfg
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def run_config(args: argparse.Namespace):
+    """The config of a new run (from the options), or of the run being resumed (from its config.json)."""
     from emtm.config import TrainConfig, validate
-    from emtm.engine.train import load_json, train
+    from emtm.engine.train import load_json
 
-    if args.resume:
-        config_path = Path(args.out) / "config.json"
-        if not config_path.exists():
-            raise EmtmError(f"--resume: {config_path} not found; nothing to resume in {args.out}")
-        cfg = validate(TrainConfig, load_json(config_path)["train"], str(config_path))
-    else:
-        cfg = train_config_from_args(args)
+    if not args.resume:
+        return train_config_from_args(args)
+    config_path = Path(args.out) / "config.json"
+    if not config_path.exists():
+        raise EmtmError(f"--resume: {config_path} not found; nothing to resume in {args.out}")
+    return validate(TrainConfig, load_json(config_path)["train"], str(config_path))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from emtm.engine.train import train
+
+    cfg = run_config(args)
     result = train(cfg, args.out, resume=args.resume)
     best = result["best"]
     print_table(
@@ -187,11 +193,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
             raise EmtmError(f"teacher cache(s) not found: {missing}; build them with `emtm teachers export`")
         args.model = "emtm"
         args.set = [f"model_options.n_teachers={len(args.teachers)}", *args.set]
-    if args.resume:
-        return cmd_train(args)
-    cfg = train_config_from_args(args)
-    cfg.teachers = [str(Path(t).resolve()) for t in args.teachers]
-    result = train(cfg, args.out)
+    cfg = run_config(args)
+    if not args.resume:
+        cfg.teachers = [str(Path(t).resolve()) for t in args.teachers]
+    result = train(cfg, args.out, resume=args.resume)
     student_dir = export_student(Path(args.out))
     best = result["best"]
     print_table(
@@ -205,18 +210,14 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from emtm.engine.ablate import run_ablation, summarise
+    from emtm.engine.ablate import SUMMARY_COLUMNS, run_ablation, summary_rows
 
     state = run_ablation(
         Path(args.data), args.teachers, Path(args.out), args.seeds, args.epochs, args.lr, device=args.device
     )
-    rows = []
-    for name, results in state["rows"].items():
-        s = summarise(results)
-        rows.append([name, *[f"{s[k]['mean']:.2f} ± {s[k]['std']:.2f}" for k in METRIC_KEYS if k in s]])
-        rows[-1] += [f"{s['params'] / 1e6:.3f}", f"{s['gflops']:.3f}"]
-    columns = ["row", "r1@0.3", "r1@0.5", "r1@0.7", "miou", "params (M)", "GFLOPs"]
-    print_table(f"ablation, test split, {args.seeds} seed(s), mean ± std", columns, rows)
+    print_table(
+        f"ablation, test split, {args.seeds} seed(s), mean ± std", SUMMARY_COLUMNS, summary_rows(state)
+    )
     print(f"wrote {Path(args.out) / 'ablation.md'} and ablation.json (finished rows are kept on re-run)")
     return 0
 

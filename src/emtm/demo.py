@@ -19,7 +19,7 @@ from emtm.data.dataset import split_dataset
 from emtm.engine.checkpoint import load_run
 from emtm.engine.evaluate import evaluate
 from emtm.engine.train import resolve_device, train
-from emtm.io import atomic_open, write_json
+from emtm.io import write_json, write_markdown_table
 
 # Sized so the whole demo fits in about 10 minutes on 2 CPU cores (README has the measured times).
 DEMO_MODELS: dict[str, dict[str, Any]] = {
@@ -84,14 +84,10 @@ def compare_models(
         for name, m in results["models"].items()
     ]
     n_test = next(iter(results["models"].values()))["n_queries"]
-    print_table(f"{title} test split, {n_test} queries, raw-time IoU (%), {results['device']}", columns, rows)
     write_json(out / "results.json", results)
-    with atomic_open(out / "results.md") as handle:
-        handle.write(f"{title} test split, {n_test} queries, raw-time IoU (%), {results['device']}\n\n")
-        handle.write("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n")
-        for row in rows:
-            cells = (f"{v:.2f}" if isinstance(v, float) else str(v) for v in row)
-            handle.write("| " + " | ".join(cells) + " |\n")
+    title = f"{title} test split, {n_test} queries, raw-time IoU (%), {results['device']}"
+    print_table(title, columns, rows)
+    write_markdown_table(out / "results.md", columns, rows, title)
     print(f"wrote {out / 'results.json'} and {out / 'results.md'}; training curves in {out}/*/curve.png")
     return results
 

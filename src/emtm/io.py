@@ -59,6 +59,19 @@ def _atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
+def write_markdown_table(
+    path: str | os.PathLike, columns: list[str], rows: list[list[Any]], title: str = ""
+) -> None:
+    """A markdown table (floats with 2 decimals), optionally under a title line, written atomically."""
+    lines = [title, ""] if title else []
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += [
+        "| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row) + " |" for row in rows
+    ]
+    with atomic_open(path) as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
     with atomic_open(path) as handle:
         json.dump(obj, handle, indent=indent, ensure_ascii=False)

@@ -21,7 +21,7 @@ from emtm.data.dataset import split_dataset
 from emtm.engine.checkpoint import load_run
 from emtm.engine.evaluate import evaluate
 from emtm.engine.train import resolve_device, train
-from emtm.io import atomic_open, write_json
+from emtm.io import write_json, write_markdown_table
 
 REPORTED = ("r1@0.3", "r1@0.5", "r1@0.7", "miou")
 DISTILL_ONLY = {"isomorphic": False, "use_kau": False}
@@ -52,12 +52,18 @@ def ablation_rows(teachers: list[str], dims: tuple[int, ...] = (32, 64, 128)) ->
 
 
 def run_ablation(
-    data: Path, teachers: list[str], out: Path, seeds: int = 3, epochs: int = 20, lr: float = 1e-3, **train_kw
+    data: Path,
+    teachers: list[str],
+    out: Path,
+    seeds: int = 3,
+    epochs: int = 20,
+    lr: float = 1e-3,
+    device: str = "auto",
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "ablation.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {"rows": {}}
-    device = resolve_device(train_kw.get("device", "auto"))
+    dev = resolve_device(device)
     for row in ablation_rows([str(Path(t).resolve()) for t in teachers]):
         results = state["rows"].setdefault(row.name, {"seeds": {}})
         for seed in range(seeds):
@@ -71,12 +77,12 @@ def run_ablation(
                 model_options=options,
                 teachers=row.teachers,
                 optim={"epochs": epochs, "lr": lr},
-                run={"seed": seed, "device": train_kw.get("device", "auto"), "progress": False},
+                run={"seed": seed, "device": device, "progress": False},
             )
             train(cfg, run_dir)
-            run = load_run(run_dir, device=device)
+            run = load_run(run_dir, device=dev)
             test = split_dataset(cfg.data, "test", run.vocab, seed)
-            results["seeds"][str(seed)] = evaluate(run.model, test, run.cfg.eval, device, batch_size=128)
+            results["seeds"][str(seed)] = evaluate(run.model, test, run.cfg.eval, dev, batch_size=128)
             results["params"] = count_student_params(run)  # inference runs the student path only
             results["gflops"] = flops_per_query(run.model, run.spec.to_spec(), run.spec.max_video_len) / 1e9
             write_json(state_path, state)
@@ -106,13 +112,21 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+SUMMARY_COLUMNS = ["row", *REPORTED, "params (M)", "GFLOPs/query", "seeds"]
+
+
+def summary_rows(state: dict[str, Any]) -> list[list[Any]]:
+    """One table row per finished ablation row: metrics as mean ± std over seeds."""
+    rows = []
+    for name, results in state["rows"].items():
+        if results["seeds"]:
+            s = summarise(results)
+            cells = [f"{s[k]['mean']:.2f} ± {s[k]['std']:.2f}" for k in REPORTED]
+            rows.append([name, *cells, f"{s['params'] / 1e6:.3f}", f"{s['gflops']:.3f}", s["n_seeds"]])
+    return rows
+
+
 def write_report(out: Path, state: dict[str, Any]) -> None:
     summaries = {name: summarise(r) for name, r in state["rows"].items() if r["seeds"]}
     write_json(out / "ablation_summary.json", summaries)
-    header = ["row", *REPORTED, "params (M)", "GFLOPs/query", "seeds"]
-    with atomic_open(out / "ablation.md") as handle:
-        handle.write("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n")
-        for name, s in summaries.items():
-            cells = [f"{s[k]['mean']:.2f} ± {s[k]['std']:.2f}" for k in REPORTED]
-            size = f"{s['params'] / 1e6:.3f} | {s['gflops']:.3f}"
-            handle.write(f"| {name} | {' | '.join(cells)} | {size} | {s['n_seeds']} |\n")
+    write_markdown_table(out / "ablation.md", SUMMARY_COLUMNS, summary_rows(state))

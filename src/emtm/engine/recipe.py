@@ -24,7 +24,7 @@ from emtm.engine.checkpoint import export_student, load_run
 from emtm.engine.evaluate import predict_dataset, score_predictions
 from emtm.engine.train import resolve_device, train
 from emtm.errors import EmtmError
-from emtm.io import atomic_open, write_json
+from emtm.io import atomic_open, write_json, write_markdown_table
 
 RECIPES = ("charades-sta", "activitynet", "tacos")
 
@@ -143,13 +143,20 @@ def measure(run_dir: Path, data_yaml: Path, device: str) -> dict[str, Any]:
 
 def write_report(out: Path, report: dict[str, Any]) -> None:
     write_json(out / "report.json", report)
-    header = "| Method | R1@0.3 | R1@0.5 | R1@0.7 | mIoU | FLOPs (G) | Params (M) | Time (ms/query, bs 1) |"
-    lines = [header, "|---|---|---|---|---|---|---|---|"]
-    for name, m in report.items():
-        lines.append(
-            f"| {name} | {m['r1@0.3']:.2f} | {m['r1@0.5']:.2f} | {m['r1@0.7']:.2f} | {m['miou']:.2f} "
-            f"| {m['gflops']:.3f} | {m['params_m']:.2f} | {m['ms_per_query']:.2f} |"
-        )
-    with atomic_open(out / "report.md") as handle:
-        handle.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    columns = [
+        "Method",
+        "R1@0.3",
+        "R1@0.5",
+        "R1@0.7",
+        "mIoU",
+        "FLOPs (G)",
+        "Params (M)",
+        "Time (ms/query, bs 1)",
+    ]
+    keys = ("r1@0.3", "r1@0.5", "r1@0.7", "miou")
+    rows = [
+        [name, *[m[k] for k in keys], f"{m['gflops']:.3f}", m["params_m"], m["ms_per_query"]]
+        for name, m in report.items()
+    ]
+    write_markdown_table(out / "report.md", columns, rows)
+    print((out / "report.md").read_text())

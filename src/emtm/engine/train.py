@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import logging
 import math
 import time
@@ -123,8 +124,6 @@ def build_run_data(cfg: TrainConfig, run_dir: Path, resume: bool) -> RunData:
 
 
 def load_json(path: Path) -> dict[str, Any]:
-    import json
-
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -184,8 +183,8 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        history = load_json(run_dir / "metrics.json")["history"]
-        best = load_json(run_dir / "metrics.json").get("best")
+        metrics = load_json(run_dir / "metrics.json")
+        history, best = metrics["history"], metrics.get("best")
         start_epoch = int(state["epoch"]) + 1
         log.info("resuming %s at epoch %d", run_dir, start_epoch + 1)
 
