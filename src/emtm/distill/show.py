@@ -20,18 +20,38 @@ from emtm.models.layers import masked_softmax
 
 
 @torch.no_grad()
-def show_query(run_dir: str | Path, sample_id: str, out: str | Path, data_yaml: str | None = None) -> Path:
+def show_query(
+    run_dir: str | Path,
+    sample_id: str,
+    out: str | Path,
+    data_yaml: str | None = None,
+    split: str = "train",
+    teachers: list[str] | None = None,
+) -> Path:
+    """Draw one query of `split`. The teacher caches default to the run's own (built on train); for
+    another split pass caches exported on it (`emtm teachers export --split test`), in the same order."""
     run = load_run(run_dir)
     if run.cfg.model != "emtm" or not run.cfg.teachers:
         raise EmtmError(
             f"{run_dir}: `emtm show` needs a run written by `emtm distill` (this one is {run.cfg.model})"
         )
+    teachers = teachers or run.cfg.teachers
+    if len(teachers) != len(run.cfg.teachers):
+        raise EmtmError(
+            f"{run_dir} was distilled from {len(run.cfg.teachers)} teacher(s); got {len(teachers)} cache(s)"
+        )
     data_yaml = data_yaml or run.cfg.data
-    base = split_dataset(data_yaml, "train", run.vocab, run.cfg.run.seed)
+    base = split_dataset(data_yaml, split, run.vocab, run.cfg.run.seed)
     index = next((i for i, s in enumerate(base.samples) if s.sample_id == sample_id), None)
     if index is None:
-        raise EmtmError(f"sample {sample_id!r} is not in the training queries of {data_yaml}")
-    caches = [TeacherCache(path) for path in run.cfg.teachers]
+        raise EmtmError(f"sample {sample_id!r} is not in the {split} queries of {data_yaml}")
+    caches = [TeacherCache(path) for path in teachers]
+    for cache in caches:
+        if cache.meta.split != split:
+            raise EmtmError(
+                f"{cache.path}: built for split {cache.meta.split!r}, not {split!r}; export the teacher "
+                f"on it: emtm teachers export --run RUN --split {split} --out FILE"
+            )
     batch = collate_with_teachers([TeacherDataset(base, caches)[index]], run.spec.max_word_chars)
     model = run.model.eval()
     enc = model.encoder(batch)

@@ -1,0 +1,228 @@
+"""The whole EMTM pipeline on one data.yaml: teachers -> caches -> student alone -> EMTM -> evaluation.
+
+Shared by `emtm recipe` (the paper's benchmarks) and `make demo` (the built-in synthetic benchmark).
+Every step is resumable: a finished run or cache is kept, an interrupted run continues with --resume.
+The report follows the paper's table layout: R1@0.3/0.5/0.7, mIoU, FLOPs, params and time per query.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from emtm.bench.flops import flops_per_query
+from emtm.config import OptimConfig, TrainConfig
+from emtm.data.dataset import GroundingDataset, split_dataset
+from emtm.distill.cache import export_teacher
+from emtm.engine.checkpoint import export_student, load_run
+from emtm.engine.evaluate import SplitPredictions, predict_dataset, score_predictions
+from emtm.engine.metrics import temporal_iou
+from emtm.engine.train import resolve_device, train
+from emtm.io import write_json, write_markdown_table
+
+TIMED_QUERIES = 200  # latency is measured at batch 1 on the first queries of the test split
+
+
+@dataclass
+class Stage:
+    """One model to train: its registry name, options and optimisation settings."""
+
+    model: str
+    options: dict[str, Any] = field(default_factory=dict)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass
+class Plan:
+    teachers: dict[str, Stage]  # run name -> stage; the caches are named after the runs
+    student: Stage  # trained alone, and the student half of EMTM (options and optim shared)
+    temperature: float = 1.0  # KD temperature; also the teachers' span-logit temperature in the caches
+    emtm_options: dict[str, Any] = field(default_factory=dict)
+    baselines: dict[str, Stage] = field(default_factory=dict)  # reported for context, not distilled
+
+
+def finished(run_dir: Path, epochs: int) -> bool:
+    metrics = run_dir / "metrics.json"
+    if not (metrics.exists() and (run_dir / "model.safetensors").exists()):
+        return False
+    return len(json.loads(metrics.read_text())["history"]) >= max(epochs, 1)
+
+
+def train_step(cfg: TrainConfig, run_dir: Path) -> None:
+    if finished(run_dir, cfg.optim.epochs):
+        print(f"  {run_dir.name}: done, kept")
+        return
+    resume = (run_dir / "last_state.pt").exists()
+    verb = "resuming" if resume else "training"
+    print(f"  {run_dir.name}: {verb} {cfg.model} ({cfg.optim.epochs} epochs)", flush=True)
+    train(cfg, run_dir, resume=resume)
+
+
+def train_seconds(run_dir: Path) -> float:
+    """Wall time of the training epochs, summed from log.csv (it survives resumes)."""
+    log = run_dir / "log.csv"
+    if not log.exists():
+        return 0.0
+    with log.open(newline="", encoding="utf-8") as handle:
+        return round(sum(float(row["seconds"]) for row in csv.DictReader(handle)), 1)
+
+
+def run_pipeline(
+    plan: Plan, data_yaml: Path, out: Path, device: str = "auto", seed: int = 0, threads: int | None = None
+) -> dict[str, Any]:
+    """Train and evaluate every model of the plan; returns {table name: measurements} (also report.json)."""
+    run: dict[str, Any] = {"device": device, "seed": seed, "threads": threads}
+
+    def config(stage: Stage, teachers: list[str] | None = None, extra: dict[str, Any] | None = None):
+        options = {**stage.options, **(extra or {})}
+        return TrainConfig(
+            data=str(Path(data_yaml).resolve()), model=stage.model, model_options=options,
+            teachers=teachers or [], optim=stage.optim, run=run,
+        )  # fmt: skip
+
+    runs: dict[str, Path] = {}
+    if plan.baselines:
+        print(f"[0/4] baselines: {', '.join(plan.baselines)}")
+        for name, stage in plan.baselines.items():
+            train_step(config(stage), out / name)
+            runs[name] = out / name
+    print(f"[1/4] teachers: {', '.join(plan.teachers)}")
+    caches = []
+    for name, stage in plan.teachers.items():
+        train_step(config(stage), out / f"teacher_{name}")
+        runs[f"teacher: {name}"] = out / f"teacher_{name}"
+        cache = out / "caches" / f"{name}.h5"
+        if not cache.exists():
+            export_teacher(out / f"teacher_{name}", data_yaml, "train", cache, temperature=plan.temperature)
+        caches.append(str(cache.resolve()))
+    print("[2/4] student alone")
+    train_step(config(plan.student), out / "student_alone")
+    print(f"[3/4] EMTM distillation from {len(caches)} teacher(s)")
+    extra = {**plan.emtm_options, "n_teachers": len(caches), "temperature": plan.temperature}
+    train_step(config(Stage("emtm", plan.student.options, plan.student.optim), caches, extra), out / "emtm")
+    if not (out / "emtm" / "student" / "model.safetensors").exists():
+        export_student(out / "emtm")
+    print("[4/4] evaluation on the test split")
+    runs.update({"student alone": out / "student_alone", "EMTM student": out / "emtm" / "student"})
+    report, predictions = {}, {}
+    for name, run_dir in runs.items():
+        report[name], predictions[name] = measure(run_dir, data_yaml, device, threads)
+        report[name]["train_s"] = train_seconds(out / "emtm" if name == "EMTM student" else run_dir)
+    write_report(out, report)
+    per_query = {name: top1_iou(p) for name, p in predictions.items()}
+    write_json(
+        out / "per_query_iou.json",
+        {k: dict(zip(ids(predictions[k]), v.tolist())) for k, v in per_query.items()},
+    )
+    return report
+
+
+def ids(preds: SplitPredictions) -> list[str]:
+    return [s.sample_id for s in preds.samples]
+
+
+def top1_iou(preds: SplitPredictions) -> np.ndarray:
+    top1 = np.array([w[0] for w in preds.windows], dtype=np.float64)
+    gts = np.array([[s.start, s.end] for s in preds.samples], dtype=np.float64)
+    return temporal_iou(top1, gts)
+
+
+def measure(
+    run_dir: Path, data_yaml: Path, device: str, threads: int | None = None
+) -> tuple[dict[str, Any], SplitPredictions]:
+    """Test metrics (batched), FLOPs and params of the inference model, and batch-1 latency."""
+    dev = resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    run = load_run(run_dir, device=dev)
+    test = split_dataset(data_yaml, "test", run.vocab, run.cfg.run.seed)
+    preds = predict_dataset(run.model, test, run.cfg.eval, dev, batch_size=128)
+    timed = GroundingDataset(test.samples[:TIMED_QUERIES], test.store, test.vocab, test.cfg)
+    started = time.perf_counter()
+    predict_dataset(run.model, timed, run.cfg.eval, dev, batch_size=1)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    spec = run.spec.to_spec()
+    measurements = {
+        **score_predictions(preds),
+        "gflops": flops_per_query(run.model, spec, run.spec.max_video_len) / 1e9,
+        "params_m": run.model.n_trainable / 1e6,  # trainable; the frozen word vectors are not counted
+        "ms_per_query": 1000 * seconds / max(len(timed), 1),
+        "device": str(dev),
+        "run": str(run_dir),
+    }
+    return measurements, preds
+
+
+REPORT_COLUMNS = [
+    "Method",
+    "R1@0.3",
+    "R1@0.5",
+    "R1@0.7",
+    "mIoU",
+    "FLOPs (G)",
+    "Params (M)",
+    "Time (ms/query, bs 1)",
+    "Train (s)",
+]
+
+
+def report_rows(report: dict[str, Any]) -> list[list[Any]]:
+    keys = ("r1@0.3", "r1@0.5", "r1@0.7", "miou")
+    return [
+        [
+            name,
+            *[m[k] for k in keys],
+            f"{m['gflops']:.3f}",
+            m["params_m"],
+            m["ms_per_query"],
+            m.get("train_s", ""),
+        ]
+        for name, m in report.items()
+    ]
+
+
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    write_json(out / "report.json", report)
+    write_markdown_table(out / "report.md", REPORT_COLUMNS, report_rows(report))
+
+
+def write_figures(out: Path, data_yaml: Path, n_each: int = 2) -> list[Path]:
+    """The paper's qualitative figure for test queries where the EMTM student beats the student trained
+    alone (by top-1 IoU) the most, and for those where it loses the most. Needs run_pipeline's outputs."""
+    from emtm.distill.show import show_query
+
+    ious = json.loads((out / "per_query_iou.json").read_text())
+    emtm, alone = ious["EMTM student"], ious["student alone"]
+    gain = sorted(((emtm[q] - alone[q], q) for q in emtm), reverse=True)
+    picks = [("better", q) for g, q in gain[:n_each] if g > 0]
+    picks += [("worse", q) for g, q in reversed(gain[-n_each:]) if g < 0]
+    teachers = json.loads((out / "emtm" / "config.json").read_text())["train"]["teachers"]
+    test_caches = []
+    for train_cache in teachers:
+        name = Path(train_cache).stem
+        cache = out / "caches" / "test" / f"{name}.h5"
+        if not cache.exists():
+            export_teacher(out / f"teacher_{name}", data_yaml, "test", cache, temperature=_temperature(out))
+        test_caches.append(str(cache))
+    paths = []
+    for kind, sample_id in picks:
+        path = out / "figures" / f"{kind}_{sample_id}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        show_query(out / "emtm", sample_id, path, str(data_yaml), "test", test_caches)
+        print(f"  {path} (top-1 IoU {emtm[sample_id]:.2f} vs {alone[sample_id]:.2f} for the student alone)")
+        paths.append(path)
+    return paths
+
+
+def _temperature(out: Path) -> float:
+    options = json.loads((out / "emtm" / "config.json").read_text())["train"]["model_options"]
+    return float(options.get("temperature", 1.0))

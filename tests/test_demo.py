@@ -1,0 +1,68 @@
+"""`make demo` end to end on the tiny preset: teachers, caches, student alone, EMTM, table, figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from emtm.cli import main
+from emtm.demo import DEMO_TEACHERS
+
+ROWS = ["prior", *[f"teacher: {t}" for t in DEMO_TEACHERS], "student alone", "EMTM student"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    args = [
+        "demo",
+        "--preset",
+        "tiny",
+        "--epochs",
+        "1",
+        "--out",
+        str(out / "runs"),
+        "--data-dir",
+        str(out / "data"),
+    ]
+    assert main(args) == 0
+    return out / "runs"
+
+
+def test_demo_reports_every_model_and_draws_figures(demo: Path, capsys: pytest.CaptureFixture) -> None:
+    report = json.loads((demo / "report.json").read_text())
+    assert list(report) == ROWS
+    for row in report.values():
+        assert 0 <= row["r1@0.7"] <= row["r1@0.5"] <= row["r1@0.3"] <= 100
+        assert row["n_queries"] == report["prior"]["n_queries"] > 0
+    # the EMTM student is the student architecture: same FLOPs and params, far below the seqpan teacher
+    assert report["EMTM student"]["gflops"] == pytest.approx(report["student alone"]["gflops"])
+    assert report["EMTM student"]["params_m"] == pytest.approx(report["student alone"]["params_m"])
+    assert report["EMTM student"]["gflops"] < report["teacher: seqpan"]["gflops"]
+    assert all(report[name]["train_s"] > 0 for name in ROWS[1:])
+    assert "| EMTM student |" in (demo / "report.md").read_text()
+    # one teacher cache per teacher on train, and on test for the figures
+    for teacher in DEMO_TEACHERS:
+        assert (demo / "caches" / f"{teacher}.h5").exists() and (
+            demo / "caches" / "test" / f"{teacher}.h5"
+        ).exists()
+    figures = sorted((demo / "figures").glob("*.png"))
+    ious = json.loads((demo / "per_query_iou.json").read_text())
+    assert set(ious) == set(ROWS)
+    for figure in figures:
+        kind, sample_id = figure.stem.split("_", 1)
+        gain = ious["EMTM student"][sample_id] - ious["student alone"][sample_id]
+        assert (gain > 0) if kind == "better" else (gain < 0)
+        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_rerun_keeps_finished_runs(demo: Path, capsys: pytest.CaptureFixture) -> None:
+    before = (demo / "emtm" / "model.safetensors").stat().st_mtime_ns
+    data = demo.parent / "data"
+    assert (
+        main(["demo", "--preset", "tiny", "--epochs", "1", "--out", str(demo), "--data-dir", str(data)]) == 0
+    )
+    assert "done, kept" in capsys.readouterr().out
+    assert (demo / "emtm" / "model.safetensors").stat().st_mtime_ns == before
