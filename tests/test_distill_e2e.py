@@ -118,3 +118,18 @@ def test_ablation_table_is_produced_and_resumable(tiny_data: Path, tmp_path: Pat
     before = (out / "ablation.json").stat().st_mtime_ns
     assert main([*args, "--device", "cpu"]) == 0  # everything finished: nothing is retrained
     assert (out / "ablation.json").stat().st_mtime_ns == before
+
+
+def test_ablation_rows_are_numbered_as_in_the_paper() -> None:
+    from emtm.engine.ablate import ablation_rows, parse_rows
+    from emtm.errors import EmtmError
+
+    groups = {row.name: row.group for row in ablation_rows(["a.h5", "b.h5"])}
+    assert groups["student alone"] == 1 and groups["student + a"] == groups["student + b"] == 2
+    assert groups["student + mean of teachers"] == 3 and groups["student + KAU"] == 4
+    assert groups["student + KAU + shared encoder (EMTM)"] == 5
+    assert groups["EMTM, 1 teacher(s): a"] == 6 and groups["EMTM, d=32"] == 7
+    assert parse_rows("1,3,5") == {1, 3, 5} and parse_rows(None) is None
+    for bad in ("1,x", "0,8"):
+        with pytest.raises(EmtmError, match="--rows"):
+            parse_rows(bad)

@@ -1,7 +1,7 @@
 """The paper's ablation table (`emtm ablate`): each row trained over several seeds, mean ± std.
 
-Rows: student alone; student + each single teacher; + the mean of the teachers; + KAU; + KAU and the
-shared encoder (full EMTM); full EMTM with 1..K teachers; full EMTM with d in {32, 64, 128}.
+Rows: 1 student alone; 2 student + each single teacher; 3 + the mean of the teachers; 4 + KAU; 5 + KAU
+and the shared encoder (full EMTM); 6 full EMTM with 1..K teachers; 7 full EMTM with d in {32, 64, 128}.
 Resumable: every finished (row, seed) is stored in ablation.json and never recomputed.
 """
 
@@ -21,6 +21,7 @@ from emtm.data.dataset import split_dataset
 from emtm.engine.checkpoint import load_run
 from emtm.engine.evaluate import evaluate
 from emtm.engine.train import resolve_device, train
+from emtm.errors import EmtmError
 from emtm.io import write_json, write_markdown_table
 
 REPORTED = ("r1@0.3", "r1@0.5", "r1@0.7", "miou")
@@ -33,22 +34,23 @@ class Row:
     model: str
     teachers: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
+    group: int = 1  # the row's number in the paper's ablation (module docstring), for --rows
 
 
 def ablation_rows(teachers: list[str], dims: tuple[int, ...] = (32, 64, 128)) -> Iterator[Row]:
     names = [Path(t).stem for t in teachers]
-    yield Row("student alone", "student")
+    yield Row("student alone", "student", group=1)
     for path, name in zip(teachers, names):
-        yield Row(f"student + {name}", "emtm", [path], dict(DISTILL_ONLY))
+        yield Row(f"student + {name}", "emtm", [path], dict(DISTILL_ONLY), group=2)
     if len(teachers) > 1:
-        yield Row("student + mean of teachers", "emtm", teachers, dict(DISTILL_ONLY))
-    yield Row("student + KAU", "emtm", teachers, {"isomorphic": False})
-    yield Row("student + KAU + shared encoder (EMTM)", "emtm", teachers)
+        yield Row("student + mean of teachers", "emtm", teachers, dict(DISTILL_ONLY), group=3)
+    yield Row("student + KAU", "emtm", teachers, {"isomorphic": False}, group=4)
+    yield Row("student + KAU + shared encoder (EMTM)", "emtm", teachers, group=5)
     for k in range(1, len(teachers)):
-        yield Row(f"EMTM, {k} teacher(s): {', '.join(names[:k])}", "emtm", teachers[:k])
+        yield Row(f"EMTM, {k} teacher(s): {', '.join(names[:k])}", "emtm", teachers[:k], group=6)
     for d in dims:
         if d != 128:
-            yield Row(f"EMTM, d={d}", "emtm", teachers, {"d": d})
+            yield Row(f"EMTM, d={d}", "emtm", teachers, {"d": d}, group=7)
 
 
 def run_ablation(
@@ -59,12 +61,16 @@ def run_ablation(
     epochs: int = 20,
     lr: float = 1e-3,
     device: str = "auto",
+    rows: set[int] | None = None,
 ) -> dict[str, Any]:
+    """Train and evaluate every ablation row (or only the row numbers in `rows`) over `seeds` seeds."""
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "ablation.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {"rows": {}}
     dev = resolve_device(device)
     for row in ablation_rows([str(Path(t).resolve()) for t in teachers]):
+        if rows and row.group not in rows:
+            continue
         results = state["rows"].setdefault(row.name, {"seeds": {}})
         for seed in range(seeds):
             if str(seed) in results["seeds"]:
@@ -88,6 +94,21 @@ def run_ablation(
             write_json(state_path, state)
     write_report(out, state)
     return state
+
+
+def parse_rows(text: str | None) -> set[int] | None:
+    """'1,3,5' -> {1, 3, 5}: ablation row numbers in the paper's order (module docstring)."""
+    if not text:
+        return None
+    try:
+        rows = {int(part) for part in text.split(",")}
+    except ValueError:
+        raise EmtmError(
+            f"--rows {text!r}: expected row numbers 1-7 separated by commas, e.g. 1,3,5"
+        ) from None
+    if not rows <= set(range(1, 8)):
+        raise EmtmError(f"--rows {text!r}: the ablation has rows 1-7")
+    return rows
 
 
 def slug(name: str) -> str:

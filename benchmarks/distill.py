@@ -1,0 +1,107 @@
+"""Full-size EMTM benchmark behind docs/RESULTS.md: teachers, student alone, EMTM, the ablation table and
+the teacher-gap analysis the method issue asks for.
+
+    python benchmarks/distill.py --preset default --out runs/bench/distill            # built-in benchmark
+    python benchmarks/distill.py --charades ../shared/data/annotations/charades_sta \
+        --out runs/bench/distill-charades --rows 1,3,5                                 # real annotations
+
+Steps (each resumable: re-running keeps what is finished):
+  1. the benchmark's data (synthetic preset, or synthetic features for the real Charades-STA annotations);
+  2. emtm.engine.pipeline: every teacher, its cache, the student alone and the EMTM student (seed 0),
+     report.md with R1, mIoU, FLOPs, params and time per query;
+  3. emtm.engine.ablate: the paper's ablation rows over --seeds seeds (--rows picks rows by number);
+  4. gap.json / gap.md: best teacher vs student alone vs EMTM, and the share of the gap EMTM recovers.
+Uses the GPU when there is one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from emtm.config import OptimConfig
+from emtm.data import synth
+from emtm.engine.ablate import parse_rows, run_ablation, summarise
+from emtm.engine.pipeline import Plan, Stage, run_pipeline
+from emtm.io import write_json, write_markdown_table
+
+DEFAULT_TEACHERS = "seqpan,eamat,proposals,regress"
+
+
+def gap_summary(report: dict[str, Any], key: str = "r1@0.7") -> dict[str, Any]:
+    """How much of the gap between the student alone and the best teacher the EMTM student closes."""
+    teachers = {name: m for name, m in report.items() if name.startswith("teacher: ")}
+    best_name, best = max(teachers.items(), key=lambda item: item[1][key])
+    alone, emtm = report["student alone"][key], report["EMTM student"][key]
+    gap = best[key] - alone
+    return {
+        "metric": key,
+        "best_teacher": best_name.removeprefix("teacher: "),
+        "best_teacher_value": best[key],
+        "student_alone": alone,
+        "emtm_student": emtm,
+        "gap": gap,
+        "recovered": (emtm - alone) / gap if gap > 0 else None,
+        "flops_ratio_to_best_teacher": report["EMTM student"]["gflops"] / best["gflops"],
+    }
+
+
+def data_yaml(args: argparse.Namespace, out: Path) -> Path:
+    if args.charades:
+        folder = Path(args.charades)
+        return synth.synthesize_features_for_annotations(
+            [folder / "charades_sta_train.txt", folder / "charades_sta_test.txt"],
+            "charades_sta",
+            out / "data",
+            durations=folder / "charades_durations.json",
+        )
+    if (out / "data" / "data.yaml").exists():
+        return out / "data" / "data.yaml"
+    return synth.generate(synth.PRESETS[args.preset], out / "data")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="default", help="synthetic preset (ignored with --charades)")
+    p.add_argument("--charades", help="folder with charades_sta_{train,test}.txt and charades_durations.json")
+    p.add_argument("--out", required=True)
+    p.add_argument("--teachers", default=DEFAULT_TEACHERS, help="comma-separated teacher models")
+    p.add_argument("--teacher-epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=30, help="epochs for the student alone and EMTM")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--temperature", type=float, default=1.0, help="KD temperature (Charades: 1)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per ablation row (0 skips the ablation)")
+    p.add_argument("--rows", help="ablation rows to run, by number in the paper's order (default: all)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
+    args = p.parse_args()
+    out = Path(args.out)
+    yaml_path = data_yaml(args, out)
+    teacher_optim = OptimConfig(epochs=args.teacher_epochs, lr=args.lr)
+    plan = Plan(
+        teachers={name: Stage(name, {}, teacher_optim) for name in args.teachers.split(",")},
+        student=Stage("student", {}, OptimConfig(epochs=args.epochs, lr=args.lr)),
+        temperature=args.temperature,
+    )
+    report = run_pipeline(plan, yaml_path, out / "pipeline", args.device, threads=args.threads)
+    gap = gap_summary(report)
+    write_json(out / "gap.json", gap)
+    rows = [[k, f"{v:.3f}" if isinstance(v, float) else v] for k, v in gap.items()]
+    write_markdown_table(out / "gap.md", ["quantity", "value"], rows, "teacher gap, test split, seed 0")
+    print(json.dumps(gap, indent=2))
+    if args.seeds:
+        caches = [str(out / "pipeline" / "caches" / f"{name}.h5") for name in plan.teachers]
+        picked = parse_rows(args.rows)
+        state = run_ablation(
+            yaml_path, caches, out / "ablation", args.seeds, args.epochs, args.lr, args.device, rows=picked
+        )
+        for name, results in state["rows"].items():
+            if results["seeds"]:
+                s = summarise(results)
+                print(f"{name:55s} R1@0.7 {s['r1@0.7']['mean']:.2f} ± {s['r1@0.7']['std']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
