@@ -289,3 +289,35 @@ def test_synthesize_features_for_real_charades_sta(tmp_path):
     assert len(written) == 50 and set(first) <= written
     for vid in written:
         assert np.load(tmp_path / "features" / f"{vid}.npy").shape == (max(1, round(table[vid])), 64)
+
+
+def test_relational_preset_repeats_events_and_queries_say_which_instance():
+    cfg = dataclasses.replace(PRESETS["small-relational"], n_train_videos=300, n_test_videos=0)
+    videos = make_scripts(cfg)["train"]
+    vocab = vocabulary_words()
+    pairs = lambda v: [(e.action, e.object) for e in v.events]  # noqa: E731
+    repeated = [v for v in videos if len(set(pairs(v))) < len(v.events)]
+    # P(repeat) = 0.8, but a video that cannot fit all its events drops some, often the twin
+    assert 0.3 < len(repeated) / len(videos) < 0.8
+    kinds = {"after": 0, "before": 0, "ordinal": 0}
+    for v in videos:
+        for q in v.queries:
+            assert set(tokenize(q.sentence)) <= vocab, q.sentence
+            twins = [j for j, p in enumerate(pairs(v)) if p == pairs(v)[q.event]]
+            if len(twins) == 1:
+                assert not re.search(r"for the \w+ time\.$| (after|before) \w+ing ", q.sentence), q.sentence
+                continue
+            assert " again" not in q.sentence, q.sentence
+            if m := re.search(r"for the (first|second) time\.$", q.sentence):
+                kinds["ordinal"] += 1
+                assert twins.index(q.event) == ("first", "second").index(m.group(1))
+                continue
+            m = re.search(r" (after|before) (\w+ing) .*\.$", q.sentence)
+            assert m, q.sentence
+            kinds[m.group(1)] += 1
+            neighbour = v.events[q.event - 1 if m.group(1) == "after" else q.event + 1]
+            verbs = {verb.ing for verb in ACTIONS[neighbour.action].verbs}
+            assert m.group(2) in verbs and (neighbour.action, neighbour.object) != pairs(v)[q.event]
+    assert min(kinds.values()) > 20, kinds
+    # Off by default: the Charades-like presets are unchanged.
+    assert PRESETS["default"].repeat_share == 0 == PRESETS["small"].repeat_share

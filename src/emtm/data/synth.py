@@ -261,7 +261,7 @@ _MASS_ARTICLES = ("the", "the", "some")
 def vocabulary_words() -> set[str]:
     """Every token a generated sentence can contain (for the 'all words are in GloVe' check)."""
     texts = [s for s, _ in SUBJECTS] + [p for _, p in SUBJECTS] + [*TEMPLATES, *ADVERBS, *PRE_ADVERBS]
-    texts += ["an", *_ARTICLES, *_MASS_ARTICLES]
+    texts += ["an", *_ARTICLES, *_MASS_ARTICLES, "after before for the time", *ORDINALS]
     for action in ACTIONS:
         for verb in action.verbs:
             texts += [verb.base, verb.s, verb.ing, verb.past, verb.particle]
@@ -312,6 +312,12 @@ class SynthConfig:
     test_queries_per_video: float = 2.79  # 3,720 / 1,334
     distractor_share: float = 0.6  # P(an event shares the action or the object of an earlier one)
     reverse_share: float = 0.5  # P(a shared-object distractor uses the reverse action, if any)
+    # Repeated events (off in the Charades-like presets): P(a video of >= 3 events shows one of its
+    # (action, object) pairs twice). A query about a repeated event names which one it means: by a
+    # neighbouring event ("... after closing the door") with P relation_share, else by its order
+    # ("... for the second time"). Grounding it needs relations across events, not just matching.
+    repeat_share: float = 0.0
+    relation_share: float = 0.5
     # Features.
     noise_std: float = 0.5  # per feature value; a prototype has norm 1
     drift_std: float = 0.05  # stationary std of the AR(1) background drift, per value
@@ -343,12 +349,17 @@ class SynthConfig:
             raise ConfigError(f"synth.seed must be >= 0, got {self.seed}")
         if self.n_train_videos < 0 or self.n_test_videos < 0 or self.feature_dim < 1:
             raise ConfigError("synth: video counts must be >= 0 and feature_dim >= 1")
+        if not (0 <= self.repeat_share <= 1 and 0 <= self.relation_share <= 1):
+            raise ConfigError("synth: repeat_share and relation_share must be probabilities in [0, 1]")
 
 
 PRESETS: dict[str, SynthConfig] = {
     "tiny": SynthConfig(n_train_videos=60, n_test_videos=20, feature_dim=64),
     "small": SynthConfig(n_train_videos=1500, n_test_videos=375),
     "default": SynthConfig(),
+    # Harder: most videos repeat an event, and its queries say which instance they mean.
+    "small-relational": SynthConfig(n_train_videos=1500, n_test_videos=375, repeat_share=0.8),
+    "relational": SynthConfig(repeat_share=0.8),
 }
 
 
@@ -435,6 +446,8 @@ def _sample_events(cfg: SynthConfig, rng: np.random.Generator, table: PairTable)
                 candidates = table.by_action[a0]
         candidates = [p for p in candidates if p not in chosen] or [p for p in table.pairs if p not in chosen]
         chosen.append(candidates[int(rng.integers(len(candidates)))])
+    if cfg.repeat_share > 0 and n >= 3 and rng.random() < cfg.repeat_share:
+        chosen[-1] = chosen[int(rng.integers(n - 1))]  # one pair happens twice
     return [chosen[i] for i in rng.permutation(len(chosen))]  # the anchor is not always first
 
 
@@ -500,7 +513,12 @@ def make_scripts(cfg: SynthConfig) -> dict[str, list[VideoScript]]:
             p = min(1.0, max(0.0, (q_mean - 1) / max(1, len(events) - 1)))
             n_queries = 1 + int(rng.binomial(len(events) - 1, p))
             for k in sorted(rng.choice(len(events), size=n_queries, replace=False).tolist()):
-                sentence = make_sentence(events[k].action, events[k].object, rng)
+                repeated = (
+                    sum((e.action, e.object) == (events[k].action, events[k].object) for e in events) > 1
+                )
+                sentence = make_sentence(events[k].action, events[k].object, rng, repeated)
+                if repeated:
+                    sentence = disambiguate(sentence, events, k, cfg.relation_share, rng)
                 start, end = _annotate(cfg, rng, events[k], duration)
                 script.queries.append(Query(k, sentence, start, end))
             scripts[split].append(script)
@@ -522,9 +540,32 @@ def _annotate(
     return start, end
 
 
-def make_sentence(action: int, obj: int, rng: np.random.Generator) -> str:
-    """One description of (action, object), from a random template, verb, name and article."""
-    subject, possessive = SUBJECTS[int(rng.integers(len(SUBJECTS)))]
+def disambiguate(
+    sentence: str, events: list[Event], k: int, relation_share: float, rng: np.random.Generator
+) -> str:
+    """Say which instance of a repeated event the query means: by a neighbour ("... after opening the
+    door") with P relation_share when one differs from it, else by order ("... for the second time")."""
+    pair = (events[k].action, events[k].object)
+    twins = [j for j, e in enumerate(events) if (e.action, e.object) == pair]
+    if len(twins) < 2:
+        return sentence
+    neighbours = [
+        (word, j)
+        for word, j in (("after", k - 1), ("before", k + 1))
+        if 0 <= j < len(events) and (events[j].action, events[j].object) != pair
+    ]
+    if neighbours and rng.random() < relation_share:
+        word, j = neighbours[int(rng.integers(len(neighbours)))]
+        phrase = verb_phrases(events[j].action, events[j].object, rng, "their")["ing"]
+        return f"{sentence.rstrip('.')} {word} {phrase}."
+    return f"{sentence.rstrip('.')} for the {ORDINALS[twins.index(k)]} time."
+
+
+ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth")
+
+
+def verb_phrases(action: int, obj: int, rng: np.random.Generator, possessive: str) -> dict[str, str]:
+    """The verb phrase of (action, object) in each verb form: base, s, ing, past."""
     verb = ACTIONS[action].verbs[int(rng.integers(len(ACTIONS[action].verbs)))]
     target = OBJECTS[obj]
     name = target.names[int(rng.integers(len(target.names)))]
@@ -541,8 +582,18 @@ def make_sentence(action: int, obj: int, rng: np.random.Generator) -> str:
             forms[key] = f"{head} {noun}"
         else:
             forms[key] = f"{head} {noun} {verb.particle}" if after else f"{head} {verb.particle} {noun}"
+    return forms
+
+
+def make_sentence(action: int, obj: int, rng: np.random.Generator, repeated: bool = False) -> str:
+    """One description of (action, object), from a random template, verb, name and article. For a
+    repeated event the adverb 'again' is replaced: disambiguate() says which instance is meant."""
+    subject, possessive = SUBJECTS[int(rng.integers(len(SUBJECTS)))]
+    forms = verb_phrases(action, obj, rng, possessive)
     template = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
     adverb, pre = ADVERBS[int(rng.integers(len(ADVERBS)))], PRE_ADVERBS[int(rng.integers(len(PRE_ADVERBS)))]
+    if repeated and adverb == "again":
+        adverb = "carefully"
     return template.format(subj=subject, adv=adverb, pre=pre, **forms)
 
 
