@@ -50,7 +50,10 @@ class DataConfig(BaseModel):
 
     def split_path(self, split: str) -> Path:
         if split not in self.splits:
-            raise ConfigError(f"split {split!r} is not in data.yaml (it has: {', '.join(self.splits)})")
+            raise ConfigError(
+                f"split {split!r} is not in data.yaml (it has: {', '.join(self.splits)}; "
+                f"data.yaml folder: {self.root})"
+            )
         return self.resolve(self.splits[split])
 
     def word_vector_spec(self) -> str:
@@ -96,6 +99,12 @@ class RunConfig(BaseModel):
     num_workers: int = Field(0, ge=0)
     progress: bool = True
     threads: int | None = Field(None, ge=1)
+    checkpoint_every: int = Field(
+        0, ge=0, description="also checkpoint every N optimizer steps inside an epoch (0: at epoch ends only)"
+    )
+    dist_timeout_s: int = Field(
+        1800, ge=1, description="torchrun runs: seconds a rank waits in a collective before failing"
+    )
 
 
 class TrainConfig(BaseModel):
@@ -120,6 +129,12 @@ def read_mapping(path: Path) -> dict[str, Any]:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML/JSON ({err})") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte offset {err.start}); save it as UTF-8") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror or err}); expected a YAML/JSON file") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML/JSON (lists/mappings nested too deeply)") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(raw).__name__}")
     return raw
@@ -127,7 +142,7 @@ def read_mapping(path: Path) -> dict[str, Any]:
 
 def validate(cls: type[T], raw: dict[str, Any], source: str) -> T:
     try:
-        return cls(**raw)
+        return cls.model_validate(raw)  # not cls(**raw): keys may be non-strings, raw may be no mapping
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in err.errors())
         raise ConfigError(f"{source}: {problems}") from None

@@ -174,17 +174,21 @@ def _read_charades_sta(
     for lineno, line in _text_lines(path):
         expected = "expected 'VID START END##sentence'"
         if "##" not in line:
-            raise DataError(f"no '##' separator; {expected}, got {line!r}", path, lineno)
+            raise DataError(f"no '##' separator; {expected}, got {short_repr(line)}", path, lineno)
         head, sentence = line.split("##", 1)
         fields = head.split()
         if len(fields) != 3:
-            raise DataError(f"{expected}, got {len(fields)} field(s) before '##': {head!r}", path, lineno)
+            raise DataError(
+                f"{expected}, got {len(fields)} field(s) before '##': {short_repr(head)}", path, lineno
+            )
         vid, start_text, end_text = fields
         try:
             start, end = float(start_text), float(end_text)
         except ValueError:
             raise DataError(
-                f"start/end must be numbers (seconds), got {start_text!r} {end_text!r}", path, lineno
+                f"start/end must be numbers (seconds), got {short_repr(start_text)} {short_repr(end_text)}",
+                path,
+                lineno,
             ) from None
         sentence = sentence.strip()
         if not sentence:
@@ -240,7 +244,7 @@ def _read_tacos(path: Path, report: ReadReport) -> list[Sample]:
         keys[vid] = key
         fps = _duration(record["fps"], f"video {key!r}: fps", path)
         num_frames = _duration(record["num_frames"], f"video {key!r}: num_frames", path)
-        duration = num_frames / fps
+        duration = _duration(num_frames / fps, f"video {key!r}: duration num_frames / fps", path)
         for k, (start, end), sentence in _queries(key, record, path):
             sample = _make_sample(
                 report,
@@ -269,10 +273,10 @@ def _read_jsonl(path: Path, report: ReadReport) -> list[Sample]:
     for lineno, line in _text_lines(path):
         try:
             record = json.loads(line, object_pairs_hook=_no_duplicate_keys)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"invalid JSON ({exc.msg}, column {exc.colno})", path, lineno) from None
         except _DuplicateKeyError as exc:
             raise DataError(f"duplicate key {exc.key!r} in the JSON object", path, lineno) from None
+        except (ValueError, RecursionError) as exc:
+            raise DataError(f"invalid JSON ({json_problem(exc)})", path, lineno) from None
         if not isinstance(record, dict):
             raise DataError(f"expected a JSON object per line, got {_kind(record)}", path, lineno)
         for key in ("qid", "query", "vid", "duration", "relevant_windows"):
@@ -283,7 +287,7 @@ def _read_jsonl(path: Path, report: ReadReport) -> list[Sample]:
             raise DataError(f"'qid' must be an integer or a string, got {_kind(qid)}", path, lineno)
         vid = record["vid"]
         if not isinstance(vid, str) or not vid:
-            raise DataError(f"'vid' must be a non-empty string, got {vid!r}", path, lineno)
+            raise DataError(f"'vid' must be a non-empty string, got {short_repr(vid)}", path, lineno)
         query = record["query"]
         if not isinstance(query, str):
             raise DataError(f"'query' must be a string, got {_kind(query)}", path, lineno)
@@ -292,9 +296,8 @@ def _read_jsonl(path: Path, report: ReadReport) -> list[Sample]:
         duration = _duration(record["duration"], "'duration'", path, lineno)
         windows = record["relevant_windows"]
         if not isinstance(windows, list) or not windows:
-            raise DataError(
-                f"'relevant_windows' must be a non-empty list of [start, end], got {windows!r}", path, lineno
-            )
+            expected = "'relevant_windows' must be a non-empty list of [start, end]"
+            raise DataError(f"{expected}, got {short_repr(windows)}", path, lineno)
         pairs = [_pair(w, f"'relevant_windows'[{i}]", path, lineno) for i, w in enumerate(windows)]
         sample_id = str(qid)
         if sample_id in first_line:
@@ -394,14 +397,32 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _load_json(path: Path, expected: str) -> Any:
+    text = _read_text(path)
     try:
-        return json.loads(_read_text(path), object_pairs_hook=_no_duplicate_keys)
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"invalid JSON ({exc.msg}, column {exc.colno}); expected {expected}", path, exc.lineno
-        ) from None
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except _DuplicateKeyError as exc:
         raise DataError(f"duplicate key {exc.key!r} in a JSON object", path) from None
+    except (ValueError, RecursionError) as exc:
+        line = exc.lineno if isinstance(exc, json.JSONDecodeError) else None
+        raise DataError(f"invalid JSON ({json_problem(exc)}); expected {expected}", path, line) from None
+
+
+def json_problem(exc: ValueError | RecursionError) -> str:
+    """What `json.loads` rejected, for a message: syntax (with column), a too-long integer or deep nesting."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg}, column {exc.colno}"
+    if isinstance(exc, RecursionError):
+        return "arrays/objects nested too deeply"
+    return str(exc).split(":")[0]  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """repr(value), cut to `limit` characters, so a huge field does not flood an error message."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print
+        text = f"<{type(value).__name__} too long to print>"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _load_durations_csv(path: Path) -> dict[str, float]:
@@ -422,7 +443,9 @@ def _load_durations_csv(path: Path) -> dict[str, float]:
                 seconds = float(length)
             except ValueError:
                 raise DataError(
-                    f"video {vid!r}: 'length' must be a number, got {length!r}", path, line
+                    f"video {short_repr(vid)}: 'length' must be a number, got {short_repr(length)}",
+                    path,
+                    line,
                 ) from None
             if vid in first_line:
                 raise DataError(f"duplicate id {vid!r} (also on line {first_line[vid]})", path, line)
@@ -471,18 +494,25 @@ def _queries(vid: str, record: dict, path: Path) -> Iterator[tuple[int, tuple[fl
 
 def _pair(value: Any, what: str, path: Path, line: int | None = None) -> tuple[float, float]:
     if not (isinstance(value, list) and len(value) == 2 and all(_is_number(x) for x in value)):
-        raise DataError(f"{what} must be [start, end] (two numbers), got {value!r}", path, line)
+        raise DataError(f"{what} must be [start, end] (two numbers), got {short_repr(value)}", path, line)
     return float(value[0]), float(value[1])
 
 
 def _duration(value: Any, what: str, path: object, line: int | None = None) -> float:
     if not _is_number(value) or not math.isfinite(value) or value <= 0:
-        raise DataError(f"{what} must be a positive finite number, got {value!r}", path, line)
+        raise DataError(f"{what} must be a positive finite number, got {short_repr(value)}", path, line)
     return float(value)
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """An int or float (not bool) that converts to a float: JSON allows integers past float range."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
 
 
 def _kind(value: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tokenize
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -47,6 +48,25 @@ def open_feature_store(path: str | os.PathLike) -> FeatureStore:
     raise DataError(f"not a feature store; {_LAYOUTS}", path=path)
 
 
+# What np.load raises on a damaged .npy besides FileNotFoundError (seen when fuzzing truncated and
+# bit-flipped files): numpy parses the header with ast and tokenize.
+NPY_READ_ERRORS = (
+    OSError,
+    ValueError,
+    EOFError,
+    SyntaxError,
+    tokenize.TokenError,
+    RecursionError,
+    MemoryError,
+)
+# What h5py raises on a damaged file (seen when fuzzing truncated and bit-flipped files).
+_H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, MemoryError)
+
+
+def _corrupt_h5(path: Path, exc: Exception, what: str) -> DataError:
+    return DataError(f"cannot read {what} ({exc}); the HDF5 file may be truncated or corrupt", path=path)
+
+
 def _missing(video_id: str, path: Path) -> DataError:
     return DataError(
         f"no features for video {video_id!r} in this store; check the video ids, or set "
@@ -56,16 +76,27 @@ def _missing(video_id: str, path: Path) -> DataError:
 
 
 def _check(feats: Any, video_id: str, path: Path, dim: int | None) -> np.ndarray:
-    """Validate one video's features and return them as a (T, D) float32 array."""
+    """Validate one video's features and return them as a (T, D) float32 array.
+
+    NaN/Inf policy: a video with any NaN or Inf value (or a value beyond float32 range) is refused with
+    a DataError naming the video and the file; nothing is repaired silently.
+    """
     where = f"video {video_id!r}"
-    try:
+    feats = np.asarray(feats)
+    if feats.dtype.kind not in "biuf":
+        raise DataError(
+            f"{where}: features must be real numbers (a float or int array), found dtype {feats.dtype}",
+            path=path,
+        )
+    with np.errstate(over="ignore"):  # float64 values past float32 range become Inf: refused below
         feats = np.asarray(feats, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"{where}: features are not numbers ({exc})", path=path) from None
     if feats.ndim != 2:
         raise DataError(f"{where}: expected (T, D) features, found shape {feats.shape}", path=path)
-    if feats.shape[0] == 0:
-        raise DataError(f"{where}: has no clips (shape {feats.shape}); expected (T, D) with T > 0", path=path)
+    if feats.shape[0] == 0 or feats.shape[1] == 0:
+        raise DataError(
+            f"{where}: empty features (shape {feats.shape}); expected (T, D) with T > 0 clips and D > 0",
+            path=path,
+        )
     if dim is not None and feats.shape[1] != dim:
         raise DataError(
             f"{where}: expected shape (T, {dim}) like the other videos of this store, found {feats.shape}",
@@ -73,7 +104,11 @@ def _check(feats: Any, video_id: str, path: Path, dim: int | None) -> np.ndarray
         )
     bad = feats.size - int(np.count_nonzero(np.isfinite(feats)))
     if bad:
-        raise DataError(f"{where}: {bad} of {feats.size} feature values are NaN or Inf", path=path)
+        raise DataError(
+            f"{where}: {bad} of {feats.size} feature values are NaN or Inf (or beyond float32 range); "
+            "features must be finite: re-extract this video or fix the values",
+            path=path,
+        )
     return feats
 
 
@@ -111,25 +146,43 @@ class NpyDirStore(_Store):
 
     def video_ids(self) -> list[str]:
         if self._ids is None:
-            self._ids = sorted(
-                p.name[: -len(".npy")] for p in os.scandir(self.path) if p.name.endswith(".npy")
-            )
+            try:
+                names = [p.name for p in os.scandir(self.path)]
+            except OSError as exc:
+                problem = exc.strerror or exc
+                raise DataError(f"cannot list the feature folder ({problem})", path=self.path) from None
+            self._ids = sorted(name[: -len(".npy")] for name in names if name.endswith(".npy"))
             if not self._ids:
                 raise DataError(f"no .npy files in this folder; {_LAYOUTS}", path=self.path)
         return self._ids
 
     def __contains__(self, video_id: str) -> bool:
-        return (self.path / f"{video_id}.npy").is_file()
+        return not _bad_id(video_id) and (self.path / f"{video_id}.npy").is_file()
 
     def _read(self, video_id: str, dim: int | None = None) -> np.ndarray:
+        if _bad_id(video_id):  # e.g. "../x" from an annotation file must not read outside the folder
+            raise DataError(
+                f"video id {video_id!r} cannot name a file in this folder (it is empty, '.' or '..', "
+                "or contains '/' or a NUL byte); fix the video ids of the annotation file",
+                path=self.path,
+            )
         file = self.path / f"{video_id}.npy"
         try:
             feats = np.load(file, mmap_mode="r", allow_pickle=False)
         except FileNotFoundError:
             raise _missing(video_id, self.path) from None
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read features of video {video_id!r}: {exc}", path=file) from None
-        return _check(feats, video_id, self.path, dim)
+        except NPY_READ_ERRORS as exc:
+            problem = str(exc) or type(exc).__name__
+            if "Python objects" in problem or "pickle" in problem:
+                problem = "an object array, which would need pickle to load, and emtm never unpickles"
+            else:
+                problem += "; it may be truncated or corrupt"
+            raise DataError(
+                f"cannot read features of video {video_id!r} ({problem}); expected a .npy file of a "
+                "(T, D) numeric array",
+                path=file,
+            ) from None
+        return _check(feats, video_id, file, dim)
 
     def __repr__(self) -> str:
         return f"NpyDirStore({str(self.path)!r})"
@@ -157,7 +210,7 @@ class H5Store(_Store):
 
             try:
                 self._handle = h5py.File(self.path, "r")
-            except OSError as exc:
+            except _H5_ERRORS as exc:
                 raise DataError(f"cannot open as HDF5 ({exc}); {_LAYOUTS}", path=self.path) from None
             self._pid = os.getpid()
         return self._handle
@@ -176,7 +229,10 @@ class H5Store(_Store):
             import h5py
 
             f = self._file()
-            self._ids = sorted(k for k in f if f.get(k, getclass=True) is h5py.Dataset)
+            try:
+                self._ids = sorted(k for k in f if f.get(k, getclass=True) is h5py.Dataset)
+            except _H5_ERRORS as exc:
+                raise _corrupt_h5(self.path, exc, "the list of videos") from None
             if not self._ids:
                 raise DataError(f"no top-level datasets in this file; {_LAYOUTS}", path=self.path)
         return self._ids
@@ -184,12 +240,20 @@ class H5Store(_Store):
     def __contains__(self, video_id: str) -> bool:
         import h5py
 
-        return self._file().get(video_id, getclass=True) is h5py.Dataset
+        f = self._file()
+        try:
+            return f.get(video_id, getclass=True) is h5py.Dataset
+        except _H5_ERRORS as exc:
+            raise _corrupt_h5(self.path, exc, f"the entry of video {video_id!r}") from None
 
     def _read(self, video_id: str, dim: int | None = None) -> np.ndarray:
         if video_id not in self:
             raise _missing(video_id, self.path)
-        return _check(self._file()[video_id][()], video_id, self.path, dim)
+        try:
+            feats = self._file()[video_id][()]
+        except _H5_ERRORS as exc:
+            raise _corrupt_h5(self.path, exc, f"the features of video {video_id!r}") from None
+        return _check(feats, video_id, self.path, dim)
 
     def __repr__(self) -> str:
         return f"H5Store({str(self.path)!r})"
@@ -212,8 +276,13 @@ def resample_features(feats: np.ndarray, max_len: int) -> np.ndarray:
     return (sums / np.diff(edges)[:, None]).astype(np.float32)
 
 
+def _bad_id(video_id: str) -> bool:
+    """True for ids that cannot be a file or dataset name (and could escape a folder)."""
+    return not video_id or "/" in video_id or "\0" in video_id or video_id in (".", "..")
+
+
 def _check_id(video_id: str) -> None:
-    if not video_id or "/" in video_id or video_id in (".", ".."):
+    if _bad_id(video_id):
         raise ValueError(f"video id {video_id!r} cannot be used as a file or dataset name")
 
 

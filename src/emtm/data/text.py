@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from emtm.data.annotations import json_problem
 from emtm.errors import DataError
 from emtm.io import atomic_path, write_json
 
@@ -325,6 +326,9 @@ class Vocab:
             raise DataError(f"cannot read vocabulary: {exc}", path=path) from None
         try:
             d = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"invalid JSON: {exc.msg}", path=path, line=exc.lineno) from None
+        except (ValueError, RecursionError) as exc:  # also an integer too long, or nesting too deep
+            line = exc.lineno if isinstance(exc, json.JSONDecodeError) else None
+            raise DataError(
+                f"invalid JSON ({json_problem(exc)}); expected a vocabulary object", path=path, line=line
+            ) from None
         return cls.from_json(d, path=path)

@@ -48,6 +48,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
@@ -63,9 +65,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from emtm.config import DataConfig, load_data_config
-from emtm.data.annotations import annotation_hash
+from emtm.data.annotations import annotation_hash, json_problem, short_repr
 from emtm.data.dataset import GroundingDataset, collate, prepare
-from emtm.data.features import FeatureStore
+from emtm.data.features import NPY_READ_ERRORS, FeatureStore
 from emtm.data.records import Sample
 from emtm.distill.unify import unify
 from emtm.engine.checkpoint import load_run
@@ -514,12 +516,18 @@ def _native_batch(fmt: str, rows: list[dict[str, np.ndarray]]) -> tuple[dict[str
 # .npz formats
 
 
+# What reading a damaged .npz raises (seen when fuzzing truncated and bit-flipped archives).
+_NPZ_ERRORS = (*NPY_READ_ERRORS, zipfile.BadZipFile, zlib.error, NotImplementedError, KeyError, RuntimeError)
+
+
 def _load_npz(path: Path, required: tuple[str, ...]) -> dict[str, np.ndarray]:
     """All arrays of an .npz, never unpickling; the required keys must be there."""
     try:
         npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"not a readable .npz archive ({exc})", path) from None
+    except _NPZ_ERRORS as exc:
+        raise DataError(
+            f"not a readable .npz archive ({exc}); it may be truncated or corrupt", path
+        ) from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise DataError("expected an .npz archive of named arrays (np.savez), not a single .npy array", path)
     with npz:
@@ -538,6 +546,10 @@ def _load_npz(path: Path, required: tuple[str, ...]) -> dict[str, np.ndarray]:
                     "unpickles; save it as a plain array (e.g. np.asarray(sample_ids, dtype=str))",
                     path,
                 ) from None
+            except _NPZ_ERRORS as exc:
+                raise DataError(
+                    f"array {key!r} cannot be read ({exc}); the archive may be truncated or corrupt", path
+                ) from None
     return arrays
 
 
@@ -546,11 +558,14 @@ def _npz_ids(arrays: dict[str, np.ndarray], path: Path, by_id: dict[str, Sample]
     raw = arrays["sample_ids"]
     if raw.ndim != 1 or raw.dtype.kind not in "USiu":
         raise DataError(f"'sample_ids' must be a 1-D str or int array, got {raw.dtype} {raw.shape}", path)
-    ids = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in raw.tolist()]
+    try:
+        ids = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in raw.tolist()]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"'sample_ids' holds bytes that are not UTF-8 ({exc.reason})", path) from None
     first_row: dict[str, int] = {}
     for row, sid in enumerate(ids):
         if sid not in by_id:
-            raise DataError(f"row {row}: sample_id {sid!r} is not in {where}", path)
+            raise DataError(f"row {row}: sample_id {short_repr(sid)} is not in {where}", path)
         if sid in first_row:
             raise DataError(f"row {row}: sample_id {sid!r} already on row {first_row[sid]}", path)
         first_row[sid] = row
@@ -583,7 +598,7 @@ def _read_span(path: Path, by_id: dict[str, Sample], where: str) -> dict[str, di
     lengths = _check_rows("lengths", lengths, len(ids), 1, path)
     records = {}
     for row, (sid, n) in enumerate(zip(ids, lengths.tolist())):
-        if n != int(n) or not 1 <= n <= width:
+        if not (math.isfinite(n) and n == int(n) and 1 <= n <= width):
             raise DataError(f"row {row} ({sid!r}): length {n} is not in [1, {width}]", path)
         s, e = start[row, : int(n)], end[row, : int(n)]
         if _bad_values(s) or _bad_values(e):
@@ -644,8 +659,8 @@ def _read_jsonl(
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"invalid JSON ({exc.msg}, column {exc.colno})", path, lineno) from None
+        except (ValueError, RecursionError) as exc:
+            raise DataError(f"invalid JSON ({json_problem(exc)})", path, lineno) from None
         if not isinstance(record, dict):
             raise DataError("expected one JSON object per line", path, lineno)
         for key in ("sample_id", "unit", *keys):
@@ -653,30 +668,39 @@ def _read_jsonl(
                 raise DataError(f"missing key {key!r}", path, lineno)
         raw_id = record["sample_id"]
         if isinstance(raw_id, bool) or not isinstance(raw_id, int | str):
-            raise DataError(f"'sample_id' must be a string or an integer, got {raw_id!r}", path, lineno)
+            raise DataError(
+                f"'sample_id' must be a string or an integer, got {short_repr(raw_id)}", path, lineno
+            )
         sid = str(raw_id)
         if sid not in by_id:
-            raise DataError(f"sample_id {sid!r} is not in {where}", path, lineno)
+            raise DataError(f"sample_id {short_repr(sid)} is not in {where}", path, lineno)
         if sid in first_line:
             raise DataError(f"sample_id {sid!r} already on line {first_line[sid]}", path, lineno)
         first_line[sid] = lineno
         if record["unit"] not in UNITS:
-            raise DataError(f"'unit' must be one of {UNITS}, got {record['unit']!r}", path, lineno)
+            raise DataError(f"'unit' must be one of {UNITS}, got {short_repr(record['unit'])}", path, lineno)
         yield lineno, by_id[sid], record
 
 
 def _fraction_window(value: Any, unit: str, sample: Sample, what: str, path: Path, lineno: int) -> np.ndarray:
     """[s, e] (seconds or fractions) -> float32 fractions clipped to [0, 1]; s <= e required."""
     if not (isinstance(value, list) and len(value) == 2 and all(_is_finite(x) for x in value)):
-        raise DataError(f"{what} must be [start, end] (two finite numbers), got {value!r}", path, lineno)
+        raise DataError(
+            f"{what} must be [start, end] (two finite numbers), got {short_repr(value)}", path, lineno
+        )
     s, e = (float(x) / (sample.duration if unit == "seconds" else 1.0) for x in value)
     if s > e:
-        raise DataError(f"{what} {value!r} starts after it ends", path, lineno)
+        raise DataError(f"{what} {short_repr(value)} starts after it ends", path, lineno)
     return np.clip(np.array([s, e], dtype=np.float32), 0.0, 1.0)
 
 
 def _is_finite(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # a JSON integer past float range
+        return False
 
 
 def _read_proposals(path: Path, by_id: dict[str, Sample], where: str) -> dict[str, dict[str, np.ndarray]]:
@@ -685,7 +709,7 @@ def _read_proposals(path: Path, by_id: dict[str, Sample], where: str) -> dict[st
         windows = record["windows"]
         if not isinstance(windows, list) or not windows:
             raise DataError(
-                f"'windows' must be a non-empty list of [start, end], got {windows!r}", path, lineno
+                f"'windows' must be a non-empty list of [start, end], got {short_repr(windows)}", path, lineno
             )
         if "scores" in record:
             scores, pairs = record["scores"], windows
@@ -698,7 +722,7 @@ def _read_proposals(path: Path, by_id: dict[str, Sample], where: str) -> dict[st
         else:
             raise DataError("missing 'scores' (or give windows as [start, end, score])", path, lineno)
         if not all(_is_finite(x) and x >= 0 for x in scores):
-            raise DataError(f"'scores' must be finite numbers >= 0, got {scores!r}", path, lineno)
+            raise DataError(f"'scores' must be finite numbers >= 0, got {short_repr(scores)}", path, lineno)
         records[sample.sample_id] = {
             "windows": np.stack(
                 [
