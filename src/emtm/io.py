@@ -1,4 +1,9 @@
-"""Atomic file writes: a file is either complete or absent, never half-written."""
+"""Atomic file writes: a file is either complete or absent, never half-written.
+
+Each writer goes to a temp file beside the target, fsyncs it, renames it over the target and fsyncs the
+folder, so that after a crash (even a power loss) the name points at the old or the new bytes, never at a
+mix. A killed writer can leave a hidden `.NAME.*` temp file behind; it is never read and may be deleted.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,20 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Make a rename inside `directory` durable (no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems (and platforms) refuse fsync on a folder; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
     """Open a temp file beside `path`; on success fsync it and rename it over `path`."""
@@ -31,6 +50,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
             os.fsync(handle.fileno())
         os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -53,6 +73,7 @@ def _atomic_path(path: Path) -> Iterator[Path]:
             os.fsync(handle.fileno())
         os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -5,17 +5,21 @@ runs/NAME/
   vocab.json           the words and characters the model knows
   model.safetensors    best weights (by validation metric)
   last.safetensors     weights after the last finished epoch
-  last_state.pt        optimizer, scheduler, scaler and loop state of that epoch (torch.load weights_only)
+  last_state.pt        the last complete checkpoint (end of an epoch, every run.checkpoint_every steps, or
+                       on SIGINT/SIGTERM): weights, optimizer, scheduler, scaler, RNG states, data
+                       position and history in one atomically written file (torch.load weights_only)
   metrics.json, log.csv, curve.png
 """
 
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -23,7 +27,7 @@ from safetensors.torch import load_file, save_file
 import emtm.distill.model  # noqa: F401  (registers the joint 'emtm' model)
 from emtm.config import TrainConfig, validate
 from emtm.data.text import Vocab
-from emtm.errors import EmtmError
+from emtm.errors import ConfigError, EmtmError
 from emtm.io import atomic_path, write_json
 from emtm.models.base import DataSpec, GroundingModel
 from emtm.models.registry import build_model, model_config
@@ -64,6 +68,13 @@ def load_weights(model: GroundingModel, path: Path) -> None:
         raise EmtmError(
             f"{path}: not a readable safetensors file ({err}); it may be truncated or corrupt"
         ) from None
+    nonfinite = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if nonfinite:
+        raise EmtmError(
+            f"{path}: {len(nonfinite)} weight tensor(s) hold NaN or Inf values "
+            f"(e.g. {sorted(nonfinite)[:3]}); the file is corrupt or the training diverged: "
+            "use another checkpoint of the run or retrain"
+        )
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise EmtmError(
@@ -104,8 +115,15 @@ def load_run(
         raise EmtmError(f"{run_dir}: no config.json here; pass the folder that `emtm train --out` wrote")
     try:
         raw = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise EmtmError(f"{config_path}: not valid JSON ({err})") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        problem = "nested too deeply" if isinstance(err, RecursionError) else err
+        raise EmtmError(
+            f"{config_path}: not readable JSON ({problem}); expected the run's config object"
+        ) from None
+    if not isinstance(raw, dict):
+        raise EmtmError(
+            f"{config_path}: expected a JSON object with 'train' and 'spec', got {type(raw).__name__}"
+        )
     if raw.get("format_version") != FORMAT_VERSION:
         raise EmtmError(
             f"{config_path}: format_version {raw.get('format_version')!r}, expected {FORMAT_VERSION}"
@@ -116,44 +134,121 @@ def load_run(
     except (KeyError, TypeError) as err:
         problem = f"missing or malformed section ({err}); expected 'train' and 'spec'"
         raise EmtmError(f"{config_path}: {problem}") from None
+    bad = {k: v for k, v in asdict(spec).items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
+    if bad:
+        raise EmtmError(f"{config_path}: 'spec' sizes must be positive integers, got {bad}")
     vocab = Vocab.load(run_dir / "vocab.json")
-    model = build_model(cfg.model, model_config(cfg.model, cfg.model_options), spec.to_spec())
-    load_weights(model, run_dir / weights)
+    if (len(vocab), vocab.n_chars) != (spec.vocab_size, spec.n_chars):
+        raise EmtmError(
+            f"{run_dir / 'vocab.json'}: {len(vocab)} words and {vocab.n_chars} characters, but the spec in "
+            f"{config_path} says {spec.vocab_size} and {spec.n_chars}; this vocabulary is not the run's"
+        )
+    try:
+        model = build_model(cfg.model, model_config(cfg.model, cfg.model_options), spec.to_spec())
+    except ConfigError as err:  # an unknown model or options its config refuses
+        raise ConfigError(f"{config_path}: {err}") from None
+    except (RuntimeError, ValueError, AssertionError, ZeroDivisionError) as err:  # options no layer accepts
+        raise EmtmError(
+            f"{config_path}: cannot build model {cfg.model!r} from 'train.model_options' "
+            f"{cfg.model_options} and 'spec' ({err}); the file was edited or is damaged"
+        ) from None
+    try:
+        load_weights(model, run_dir / weights)
+    except RuntimeError as err:  # shapes that do not fit the architecture in config.json
+        reason = str(err).strip().splitlines()[-1].strip()
+        raise EmtmError(
+            f"{run_dir / weights}: weights do not fit the model in config.json ({reason})"
+        ) from None
     model.to(device).eval()
     return LoadedRun(run_dir, cfg, spec, vocab, model, raw)
 
 
-def export_student(run_dir: Path, out: Path | None = None) -> Path:
-    """Write a plain `student` run (config, vocab, weights) from a distilled EMTM run: no teacher, no KAU."""
-    import shutil
-
-    run = load_run(run_dir)
-    out = out or run_dir / "student"
-    out.mkdir(parents=True, exist_ok=True)
+def distilled_student(run: LoadedRun) -> LoadedRun:
+    """The plain `student` inside a loaded, distilled EMTM run (in memory): no teacher branch, no KAU."""
     options = {
         k: v for k, v in run.cfg.model_options.items() if k in type(model_config("student")).model_fields
     }
     student_cfg = run.cfg.model_copy(update={"model": "student", "model_options": options, "teachers": []})
     student = build_model("student", model_config("student", options), run.spec.to_spec())
     student.load_state_dict(run.model.student_state_dict(), strict=True)
-    write_run_config(out, student_cfg, run.spec, {"distilled_from": str(run_dir)})
+    device = next(iter(run.model.buffers())).device
+    raw = {**run.raw, "train": student_cfg.model_dump(), "distilled_from": str(run.run_dir)}
+    return LoadedRun(run.run_dir, student_cfg, run.spec, run.vocab, student.to(device).eval(), raw)
+
+
+def export_student(run_dir: Path, out: Path | None = None) -> Path:
+    """Write a plain `student` run (config, vocab, weights) from a distilled EMTM run: no teacher, no KAU."""
+    import shutil
+
+    run = distilled_student(load_run(run_dir))
+    out = out or run_dir / "student"
+    out.mkdir(parents=True, exist_ok=True)
+    write_run_config(out, run.cfg, run.spec, {"distilled_from": str(run_dir)})
     shutil.copyfile(run_dir / "vocab.json", out / "vocab.json")
-    save_weights(student, out / "model.safetensors")
+    save_weights(run.model, out / "model.safetensors")
     if (run_dir / "metrics.json").exists():
         shutil.copyfile(run_dir / "metrics.json", out / "metrics.json")
     return out
 
 
+TRAIN_STATE_KEYS = ("epoch", "optimizer", "scheduler", "scaler")
+
+
 def save_train_state(run_dir: Path, state: dict[str, Any]) -> None:
+    """Write the resumable state as one file, atomically: a kill at any moment leaves the previous one."""
     with atomic_path(run_dir / "last_state.pt") as tmp:
         torch.save(state, tmp)
 
 
 def load_train_state(run_dir: Path) -> dict[str, Any]:
+    """The last complete checkpoint of a run; a damaged or foreign file is a clear EmtmError."""
     path = run_dir / "last_state.pt"
     if not path.exists():
-        raise EmtmError(f"{run_dir}: nothing to resume (no last_state.pt); start without --resume")
+        raise EmtmError(
+            f"{run_dir}: nothing to resume (no last_state.pt: the run stopped before its first checkpoint); "
+            "start it again without --resume"
+        )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure here means an unusable file
-        raise EmtmError(f"{path}: cannot be read ({err}); delete it to start over") from None
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise EmtmError(
+            f"{path}: checkpoint cannot be read ({reason}); it is damaged or not an emtm training state. "
+            "Delete it and start the run again without --resume"
+        ) from None
+    missing = [k for k in TRAIN_STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise EmtmError(
+            f"{path}: not an emtm training state (missing {missing}); delete it and start without --resume"
+        )
+    return state
+
+
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Python, NumPy, torch (and this CUDA device's) RNG states, in types torch.load(weights_only) accepts."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore what `rng_state` captured."""
+    random.setstate(state["python"])
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["name"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)

@@ -1,6 +1,11 @@
 """The training loop shared by every model: AdamW, warm-up + linear decay, clipping, AMP, validation,
-best/last checkpoints, CSV log and a curve plot. `resume=True` continues from the last finished epoch
-and ends with the same weights as an uninterrupted run (CPU).
+best/last checkpoints, CSV log and a curve plot.
+
+Crash safety (docs/RELIABILITY.md): the whole resumable state (weights, optimizer, scheduler, scaler, RNG
+states, data position, history) is one atomically written `last_state.pt`, saved at each epoch end, every
+`run.checkpoint_every` steps and on SIGINT/SIGTERM. `resume=True` continues from it, mid-epoch included,
+and ends with the same weights as an uninterrupted run (CPU). A NaN/Inf loss stops before it can reach a
+checkpoint. Under torchrun the same loop runs DistributedDataParallel (emtm.engine.distributed).
 """
 
 from __future__ import annotations
@@ -11,9 +16,12 @@ import io
 import json
 import logging
 import math
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,12 +33,15 @@ from tqdm.auto import tqdm
 from emtm.config import TrainConfig, load_data_config
 from emtm.data.dataset import GroundingDataset, Prepared, collate, prepare
 from emtm.data.text import Vocab, load_word_vectors
+from emtm.engine import distributed
 from emtm.engine.checkpoint import (
     SpecInfo,
     load_train_state,
     load_weights,
+    rng_state,
     save_train_state,
     save_weights,
+    set_rng_state,
     write_run_config,
 )
 from emtm.engine.evaluate import evaluate, to_device
@@ -95,7 +106,7 @@ class RunData:
     datasets: dict[str, GroundingDataset]
 
 
-def build_run_data(cfg: TrainConfig, run_dir: Path, resume: bool) -> RunData:
+def build_run_data(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None = None) -> RunData:
     data_cfg = load_data_config(cfg.data)
     prepared = prepare(data_cfg, cfg.run.seed)
     train_samples = prepared.splits["train"].samples
@@ -103,7 +114,9 @@ def build_run_data(cfg: TrainConfig, run_dir: Path, resume: bool) -> RunData:
         vocab, matrix = Vocab.load(run_dir / "vocab.json"), None
         word_dim = int(load_json(run_dir / "config.json")["spec"]["word_dim"])
     else:
-        word_vectors = load_word_vectors(data_cfg.word_vector_spec(), progress=cfg.run.progress)
+        word_vectors = load_word_vectors(
+            data_cfg.word_vector_spec(), progress=cfg.run.progress if progress is None else progress
+        )
         vocab = Vocab.build((s.sentence for s in train_samples), word_vectors)
         matrix = torch.from_numpy(vocab.embedding_matrix(word_vectors))
         word_dim = word_vectors.dim
@@ -141,144 +154,376 @@ def train(
 ) -> dict[str, Any]:
     """Train `cfg.model` on `cfg.data` into `run_dir`; returns the metrics summary.
 
-    `on_epoch_end(epoch, row)` is called after each epoch's checkpoint is safely written.
+    `on_epoch_end(epoch, row)` is called after each epoch's checkpoint is safely written. Under torchrun
+    (WORLD_SIZE > 1) this trains with DistributedDataParallel; every rank returns the same summary.
+    SIGINT/SIGTERM save a checkpoint and raise `TrainingStopped`.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
-    torch.manual_seed(cfg.run.seed)
-    device = resolve_device(cfg.run.device)
-    data = build_run_data(cfg, run_dir, resume)
-    model = build_model(
-        cfg.model, model_config(cfg.model, cfg.model_options), data.spec.to_spec(data.word_vectors)
-    )
-    model.fit_prior(data.datasets["train"].samples)
-    model.to(device)
-    if not resume:
-        write_run_config(run_dir, cfg, data.spec, {"splits": split_summary(data)})
-        data.vocab.save(run_dir / "vocab.json")
+    ctx = distributed.setup(resolve_device(cfg.run.device), cfg.run.dist_timeout_s)
+    try:
+        return Trainer(cfg, Path(run_dir), ctx, resume).run(on_epoch_end)
+    finally:
+        ctx.close()
 
-    train_set, val_set = data.datasets["train"], data.datasets["val"]
-    steps_per_epoch = math.ceil(len(train_set) / cfg.optim.batch_size)
-    total_steps = steps_per_epoch * cfg.optim.epochs
-    trainable = model.n_trainable > 0
-    optimizer = torch.optim.AdamW(
-        param_groups(model, cfg.optim.weight_decay) if trainable else [torch.nn.Parameter(torch.zeros(1))],
-        lr=cfg.optim.lr,
-        betas=cfg.optim.betas,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_linear(total_steps, round(cfg.optim.warmup_epochs * steps_per_epoch))
-    )
-    dtype = amp_dtype(device, cfg.run.amp)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None
-    start_epoch = 0
-    if resume:
-        state = load_train_state(run_dir)
-        load_weights(model, run_dir / "last.safetensors")
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        metrics = load_json(run_dir / "metrics.json")
-        history, best = metrics["history"], metrics.get("best")
-        start_epoch = int(state["epoch"]) + 1
-        log.info("resuming %s at epoch %d", run_dir, start_epoch + 1)
+class TrainingStopped(EmtmError):
+    """SIGINT/SIGTERM stopped the run after saving a checkpoint; the CLI exits with 128 + the signal."""
 
-    tensorboard = open_tensorboard(run_dir)
-    collate_fn = partial(collate, max_chars=data.prepared.cfg.max_word_chars)
-    if cfg.teachers:
-        train_set, collate_fn = with_teachers(cfg, train_set)
-    select = cfg.eval.select_metric
-    epochs = cfg.optim.epochs if trainable else min(cfg.optim.epochs, 1)
-    for epoch in range(start_epoch, max(epochs, 1)):
-        started = time.perf_counter()
-        torch.manual_seed(epoch_seed(cfg.run.seed, epoch))
-        order = torch.randperm(
-            len(train_set), generator=torch.Generator().manual_seed(epoch_seed(cfg.run.seed, epoch))
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class StopRequest:
+    """SIGINT/SIGTERM become a flag that the loop reads after each step; a second SIGINT aborts at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now, keep the last complete checkpoint
+            return
+        self.signum = signum
+        if distributed.is_main_process():
+            name = signal.Signals(signum).name
+            print(f"emtm: {name} received; saving a checkpoint after the current step", file=sys.stderr)
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """Data-loader workers leave SIGINT/SIGTERM to the main process, which checkpoints and shuts them down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@dataclass
+class Position:
+    """Where training stands: the epoch in progress, its trained batches and this rank's running sums."""
+
+    epoch: int = 0
+    batch: int = 0
+    global_step: int = 0
+    losses: dict[str, float] = field(default_factory=dict)
+    n_batches: int = 0
+
+
+def plain(obj: Any) -> Any:
+    """JSON-plain copy (numpy scalars -> floats), so torch.load(weights_only=True) can read it back."""
+    return json.loads(json.dumps(obj))
+
+
+class Trainer:
+    """One training run: the model, its optimizer state and data position, checkpointed as one file."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, ctx: distributed.Dist, resume: bool):
+        self.cfg, self.run_dir, self.ctx, self.device = cfg, run_dir, ctx, ctx.device
+        self.main = ctx.is_main
+        if self.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.run.seed)
+        self.data = data = build_run_data(cfg, run_dir, resume, progress=cfg.run.progress and self.main)
+        model = build_model(
+            cfg.model, model_config(cfg.model, cfg.model_options), data.spec.to_spec(data.word_vectors)
         )
-        loader = DataLoader(
-            train_set,
-            batch_size=cfg.optim.batch_size,
-            sampler=order.tolist(),
-            num_workers=cfg.run.num_workers,
-            collate_fn=collate_fn,
+        model.fit_prior(data.datasets["train"].samples)
+        self.model = model.to(self.device)
+        if not resume and self.main:
+            write_run_config(run_dir, cfg, data.spec, {"splits": split_summary(data)})
+            data.vocab.save(run_dir / "vocab.json")
+        ctx.barrier()
+
+        self.per_rank_batch = distributed.per_rank_batch(cfg.optim.batch_size, ctx.world_size)
+        self.steps_per_epoch = math.ceil(len(data.datasets["train"]) / cfg.optim.batch_size)
+        total_steps = self.steps_per_epoch * cfg.optim.epochs
+        self.trainable = model.n_trainable > 0
+        self.optimizer = torch.optim.AdamW(
+            param_groups(model, cfg.optim.weight_decay)
+            if self.trainable
+            else [torch.nn.Parameter(torch.zeros(1))],
+            lr=cfg.optim.lr,
+            betas=cfg.optim.betas,
         )
-        losses: dict[str, float] = {}
-        n_batches = 0
-        if trainable and epoch < cfg.optim.epochs:
-            model.train()
-            bar = tqdm(
-                loader,
-                desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
-                disable=not cfg.run.progress,
-                leave=False,
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            warmup_linear(total_steps, round(cfg.optim.warmup_epochs * self.steps_per_epoch)),
+        )
+        self.dtype = amp_dtype(self.device, cfg.run.amp)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.pos = Position()
+        self.resume_rng: dict[str, Any] | None = None
+        self.saved = "none yet"
+        if resume:
+            self.restore(load_train_state(run_dir))
+        self.net = ctx.wrap(model) if self.trainable else model
+
+    # ------------------------------------------------------------------------------------- state
+    def restore(self, state: dict[str, Any]) -> None:
+        path = self.run_dir / "last_state.pt"
+        if "model" in state:
+            try:
+                self.model.load_state_dict(state["model"])
+            except RuntimeError as err:
+                reason = str(err).strip().splitlines()[0]
+                raise EmtmError(f"{path}: does not fit the model in config.json ({reason})") from None
+        else:  # a state written before checkpoints carried the weights
+            load_weights(self.model, self.run_dir / "last.safetensors")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if "history" in state:
+            self.history, self.best = state["history"], state["best"]
+        else:
+            metrics = load_json(self.run_dir / "metrics.json")
+            self.history, self.best = metrics["history"], metrics.get("best")
+        epoch = int(state["epoch"])
+        if state.get("finished", True):
+            self.pos = Position(epoch + 1, 0, (epoch + 1) * self.steps_per_epoch)
+        else:
+            losses = state["losses"] if self.main else dict.fromkeys(state["losses"], 0.0)
+            self.pos = Position(
+                epoch, int(state["batch"]), int(state["global_step"]), losses, state["n_batches"]
             )
-            for step, batch in enumerate(bar):
-                batch = to_device(batch, device)
-                with autocast(device, dtype):
-                    outputs = model(batch)
-                loss, parts = model.loss(outputs, batch)
-                if not torch.isfinite(loss):
-                    raise EmtmError(
-                        f"loss is {loss.item()} at epoch {epoch + 1}, batch {step} (global step "
-                        f"{epoch * steps_per_epoch + step}); the last good checkpoint is kept in {run_dir}. "
-                        "Try a lower --lr or --set run.amp=off."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                n_batches += 1
-                for k, v in {"loss": loss.item(), **parts}.items():
-                    losses[k] = losses.get(k, 0.0) + v
-                bar.set_postfix(loss=f"{losses['loss'] / n_batches:.3f}")
-        val = evaluate(model, val_set, cfg.eval, device, 2 * cfg.optim.batch_size)
+            rngs = state["rng"]
+            if len(rngs) == self.ctx.world_size:
+                self.resume_rng = rngs[self.ctx.rank]
+            else:
+                log.warning(
+                    "%s was written by %d process(es), this run has %d: the data position is restored, "
+                    "the random streams are reseeded (not bit-identical to an uninterrupted run)",
+                    path,
+                    len(rngs),
+                    self.ctx.world_size,
+                )
+                self.resume_rng = {}
+        self.saved = self.describe(self.pos, not state.get("finished", True))
+        if self.main:
+            log.info("resuming %s at epoch %d, batch %d", self.run_dir, self.pos.epoch + 1, self.pos.batch)
+
+    def describe(self, pos: Position, mid_epoch: bool) -> str:
+        where = f"epoch {pos.epoch + 1}, batch {pos.batch}" if mid_epoch else f"end of epoch {pos.epoch}"
+        return f"{self.run_dir / 'last_state.pt'} ({where})"
+
+    def checkpoint(self, finished: bool) -> None:
+        """Every rank calls this at the same step; rank 0 writes one file atomically, the others wait."""
+        rngs = self.ctx.gather(rng_state(self.device))
+        losses = self.ctx.sum_values(self.pos.losses)
+        if self.main:
+            state = {
+                "version": 2,
+                "epoch": self.pos.epoch,
+                "batch": self.pos.batch,
+                "finished": finished,
+                "global_step": self.pos.global_step,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rngs,
+                "losses": losses,
+                "n_batches": self.pos.n_batches,
+                "history": plain(self.history),
+                "best": plain(self.best),
+                "world_size": self.ctx.world_size,
+            }
+            save_train_state(self.run_dir, state)
+        self.ctx.barrier()
+        done = Position(self.pos.epoch + 1) if finished else self.pos
+        self.saved = self.describe(done, not finished)
+
+    # ------------------------------------------------------------------------------------- loop
+    def run(self, on_epoch_end: Callable[[int, dict[str, Any]], None] | None) -> dict[str, Any]:
+        cfg, data = self.cfg, self.data
+        self.train_set = data.datasets["train"]
+        self.collate_fn = partial(collate, max_chars=data.prepared.cfg.max_word_chars)
+        if cfg.teachers:
+            self.train_set, self.collate_fn = with_teachers(cfg, self.train_set)
+        tensorboard = open_tensorboard(self.run_dir) if self.main else None
+        epochs = cfg.optim.epochs if self.trainable else min(cfg.optim.epochs, 1)
+        first_epoch = self.pos.epoch
+        with StopRequest() as stop:
+            for epoch in range(first_epoch, max(epochs, 1)):
+                started = time.perf_counter()
+                if self.trainable and epoch < cfg.optim.epochs:
+                    self.train_epoch(epoch, stop)
+                row = self.end_epoch(epoch, started, tensorboard)
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch + 1, row)
+                if self.ctx.any(stop.requested)[0]:
+                    raise self.stopped(stop)
+        if self.main:
+            if first_epoch >= max(epochs, 1) and self.history:  # killed after its last checkpoint
+                write_metrics(self.run_dir, self.history, self.best, self.model)
+            load_weights(self.model, self.run_dir / "model.safetensors")
+        return {
+            "best": self.best,
+            "history": self.history,
+            "n_trainable": self.model.n_trainable,
+            "run_dir": str(self.run_dir),
+        }
+
+    def epoch_loader(self, epoch: int) -> DataLoader:
+        """This rank's batches of the epoch's seeded permutation, from the restored position on."""
+        ctx = self.ctx
+        order = torch.randperm(
+            len(self.train_set), generator=torch.Generator().manual_seed(epoch_seed(self.cfg.run.seed, epoch))
+        ).tolist()
+        indices = distributed.shard(order, ctx.rank, ctx.world_size)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.per_rank_batch,
+            sampler=indices[self.pos.batch * self.per_rank_batch :],
+            num_workers=self.cfg.run.num_workers,
+            collate_fn=self.collate_fn,
+            worker_init_fn=ignore_stop_signals if self.cfg.run.num_workers else None,
+        )
+
+    def train_epoch(self, epoch: int, stop: StopRequest) -> None:
+        cfg, pos, ctx = self.cfg, self.pos, self.ctx
+        torch.manual_seed(epoch_seed(cfg.run.seed, epoch) * ctx.world_size + ctx.rank)
+        # Earlier versions gave tqdm.auto the loader, which builds a spare iterator (one seed draw, and a
+        # spare set of workers). Drawing once here keeps their random stream, so results reproduce.
+        torch.empty((), dtype=torch.int64).random_()
+        batches = iter(self.epoch_loader(epoch))  # draws the workers' seed from the epoch's RNG
+        if self.resume_rng is not None:  # mid-epoch resume: continue the random streams exactly
+            if self.resume_rng:
+                set_rng_state(self.resume_rng, self.device)
+            else:
+                torch.manual_seed(epoch_seed(cfg.run.seed, epoch) * 7919 + pos.batch + ctx.rank)
+            self.resume_rng = None
+        self.model.train()
+        bar = tqdm(
+            batches,
+            total=self.steps_per_epoch,
+            initial=pos.batch,
+            desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+            disable=not (cfg.run.progress and self.main),
+            leave=False,
+        )
+        every = cfg.run.checkpoint_every
+        for batch in bar:
+            batch = to_device(batch, self.device)
+            with autocast(self.device, self.dtype):
+                outputs = self.net(batch)
+            loss, parts = self.model.loss(outputs, batch)
+            finite = bool(torch.isfinite(loss))
+            bad, stopping = ctx.any(not finite, stop.requested)
+            if bad:
+                raise self.nonfinite(loss if not finite else None, batch, epoch)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad)
+            if not self.scaler.is_enabled() and not torch.isfinite(norm):
+                raise self.nonfinite(None, batch, epoch, what=f"gradient norm is {norm.item()}")
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            pos.batch += 1
+            pos.global_step += 1
+            pos.n_batches += 1
+            for k, v in {"loss": loss.item(), **parts}.items():
+                pos.losses[k] = pos.losses.get(k, 0.0) + v
+            bar.set_postfix(loss=f"{pos.losses['loss'] / pos.n_batches:.3f}")
+            periodic = every and pos.global_step % every == 0 and pos.batch < self.steps_per_epoch
+            if stopping or periodic:
+                self.checkpoint(finished=False)
+            if stopping:
+                raise self.stopped(stop)
+
+    def end_epoch(self, epoch: int, started: float, tensorboard: Any) -> dict[str, Any]:
+        """Validate (rank 0, the whole split), record, save weights and the checkpoint, log."""
+        cfg, pos, ctx = self.cfg, self.pos, self.ctx
+        losses = ctx.sum_values(pos.losses)
+        val = None
+        if self.main:
+            val = evaluate(
+                self.model, self.data.datasets["val"], cfg.eval, self.device, 2 * cfg.optim.batch_size
+            )
+        val = ctx.broadcast(val)
         row = {
             "epoch": epoch + 1,
-            "lr": scheduler.get_last_lr()[0],
-            **{f"train_{k}": v / max(n_batches, 1) for k, v in losses.items()},
+            "lr": self.scheduler.get_last_lr()[0],
+            **{f"train_{k}": v / max(pos.n_batches * ctx.world_size, 1) for k, v in losses.items()},
             **{f"val_{k}": v for k, v in val.items() if k != "protocol"},
             "seconds": round(time.perf_counter() - started, 2),
         }
-        history.append(row)
-        if is_better(val, best, select):
-            best = {"epoch": epoch + 1, **val}
-            save_weights(model, run_dir / "model.safetensors")
-        save_weights(model, run_dir / "last.safetensors")
-        save_train_state(
-            run_dir,
-            {
-                "epoch": epoch,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-            },
+        self.history.append(row)
+        if is_better(val, self.best, cfg.eval.select_metric):
+            self.best = {"epoch": epoch + 1, **val}
+            if self.main:
+                save_weights(self.model, self.run_dir / "model.safetensors")
+        if self.main:
+            save_weights(self.model, self.run_dir / "last.safetensors")
+        self.checkpoint(finished=True)
+        self.pos = Position(epoch + 1, 0, pos.global_step)
+        if self.main:
+            write_metrics(self.run_dir, self.history, self.best, self.model)
+            if tensorboard is not None:
+                for key, value in row.items():
+                    if key != "epoch" and isinstance(value, int | float):
+                        tensorboard.add_scalar(key.replace("_", "/", 1), value, epoch + 1)
+                tensorboard.flush()
+            select = cfg.eval.select_metric
+            log.info(
+                "epoch %d: loss %.4f val %s %.2f miou %.2f",
+                epoch + 1,
+                row.get("train_loss", float("nan")),
+                select,
+                val[select],
+                val["miou"],
+            )
+        return row
+
+    # ------------------------------------------------------------------------------------- stops
+    def resume_hint(self) -> str:
+        command = "distill" if self.cfg.teachers else "train"
+        hint = f"emtm {command} --data {self.cfg.data} --out {self.run_dir} --resume"
+        if self.ctx.active:
+            hint += " (under the same torchrun command)"
+        return hint
+
+    def stopped(self, stop: StopRequest) -> TrainingStopped:
+        signum = stop.signum or signal.SIGTERM  # another rank was signalled
+        return TrainingStopped(
+            f"stopped by {signal.Signals(signum).name}; checkpoint saved: {self.saved}. "
+            f"Resume with: {self.resume_hint()}",
+            signum,
         )
-        write_metrics(run_dir, history, best, model)
-        if tensorboard is not None:
-            for key, value in row.items():
-                if key != "epoch" and isinstance(value, int | float):
-                    tensorboard.add_scalar(key.replace("_", "/", 1), value, epoch + 1)
-            tensorboard.flush()
-        log.info(
-            "epoch %d: loss %.4f val %s %.2f miou %.2f",
-            epoch + 1,
-            row.get("train_loss", float("nan")),
-            select,
-            val[select],
-            val["miou"],
+
+    def nonfinite(
+        self, loss: torch.Tensor | None, batch: dict[str, torch.Tensor], epoch: int, what: str = ""
+    ) -> EmtmError:
+        pos = self.pos
+        ids = [self.train_set.samples[i].sample_id for i in batch["index"].tolist()]
+        if not what:
+            what = f"loss is {loss.item()}" if loss is not None else "loss is not finite on another rank"
+        shown = ", ".join(ids[:8]) + (f" and {len(ids) - 8} more" if len(ids) > 8 else "")
+        return EmtmError(
+            f"{what} at epoch {epoch + 1}, batch {pos.batch + 1} of {self.steps_per_epoch} (global step "
+            f"{pos.global_step + 1}; this batch's samples: {shown}). Stopped without saving these "
+            f"weights; the last good checkpoint is {self.saved}. Try a lower --lr or --set run.amp=off, "
+            f"then start again or continue from that checkpoint with: {self.resume_hint()}"
         )
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, row)
-    load_weights(model, run_dir / "model.safetensors")
-    return {"best": best, "history": history, "n_trainable": model.n_trainable, "run_dir": str(run_dir)}
 
 
 def with_teachers(cfg: TrainConfig, train_set: GroundingDataset):
