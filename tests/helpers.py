@@ -34,3 +34,20 @@ def make_item(
         "end_frac": (end + 1) / length,
         "duration": float(length),
     }
+
+
+def train_tiny_student(data_yaml, out, epochs: int = 1):
+    """A tiny student (d=32, 4 heads) trained on `data_yaml` for `epochs` epochs into `out`, on one thread."""
+    from emtm.config import TrainConfig
+    from emtm.engine.train import train
+
+    torch.set_num_threads(1)
+    optim = {"epochs": epochs, "batch_size": 16, "lr": 2e-3} if epochs else {"epochs": 0}
+    cfg = TrainConfig(
+        data=str(data_yaml),
+        model_options={"d": 32, "n_heads": 4},
+        optim=optim,
+        run={"progress": False, "device": "cpu"},
+    )
+    train(cfg, out)
+    return out

@@ -96,4 +96,4 @@ def test_a_broken_run_directory_is_a_clear_error(tmp_path: Path, capsys: pytest.
     assert "config.json: missing or malformed section" in capsys.readouterr().err
     (tmp_path / "config.json").write_text("{not json")
     assert main(["evaluate", "--run", str(tmp_path)]) == 2
-    assert "not valid JSON" in capsys.readouterr().err
+    assert "config.json: not readable JSON" in capsys.readouterr().err

@@ -87,5 +87,31 @@ class Student(SpanModel):
         return self.head.matching.label_embeddings
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        enc = self.encoder(batch)
-        return self.head(enc.video, enc.query, enc.video_mask, enc.query_mask)
+        video = self.encode_video(batch["video"], batch["video_mask"])
+        return self.ground_encoded(
+            video, batch["video_mask"], batch["words"], batch["chars"], batch["query_mask"]
+        )
+
+    def encode_video(self, video: Tensor, video_mask: Tensor) -> Tensor:
+        """The query-independent half of `forward`: (B, L, D) features -> (B, L, d) clip states.
+
+        Compute it once per video and pass it to `ground_encoded` for any number of queries.
+        """
+        return self.encoder.encode_video(video, video_mask)
+
+    def ground_encoded(
+        self, video_enc: Tensor, video_mask: Tensor, words: Tensor, chars: Tensor, query_mask: Tensor
+    ) -> dict[str, Tensor]:
+        """The outputs of `forward` from an encoded video and a batch of B queries.
+
+        `video_enc` (B or 1, L, d) and `video_mask` (B or 1, L); a single video is broadcast over
+        the B queries of `words` (B, N), `chars` (B, N, C) and `query_mask` (B, N).
+        """
+        query = self.encoder.encode_query(words, chars, query_mask)
+        n_queries = query.shape[0]
+        if video_enc.shape[0] != n_queries:
+            if video_enc.shape[0] != 1:
+                raise ValueError(f"{video_enc.shape[0]} encoded videos for {n_queries} queries; need 1 or B")
+            video_enc = video_enc.expand(n_queries, -1, -1)
+            video_mask = video_mask.expand(n_queries, -1)
+        return self.head(video_enc, query, video_mask, query_mask)
