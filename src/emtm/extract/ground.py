@@ -1,0 +1,87 @@
+"""`emtm ground`: one video file and sentences in, moments out: extract the features the model was
+trained on (its recorded backbone, fps and clip length), then ground with `emtm.api.Grounder`."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+from emtm.errors import EmtmError
+
+
+def add_parser(sub: Any) -> None:
+    """Register `emtm ground` on the CLI's subparsers."""
+    p = sub.add_parser(
+        "ground",
+        help="extract a video's features as the model was trained on them, then ground sentences in it",
+    )
+    p.add_argument("--model", required=True, help="a model folder (emtm export) or a run directory")
+    p.add_argument("--video", required=True, help="a video file (.mp4, .avi, .mkv, ...)")
+    p.add_argument("--query", action="append", required=True, help="a sentence (repeat for several)")
+    p.add_argument("--top-k", type=int, default=5, help="moments per sentence (default 5)")
+    p.add_argument(
+        "--backbone",
+        help="only for a backbone that its recorded name cannot rebuild (a Python factory returning its "
+        "own Backbone): the spec to build it with; its name must equal the model's",
+    )
+    p.add_argument("--weights", help="the backbone's local weights, when it was built with --weights")
+    p.add_argument("--batch-size", type=int, default=32, help="frames per backbone call")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.set_defaults(func=cmd_ground)
+
+
+def feature_spec(config: dict[str, Any], model: str) -> tuple[str, float, float]:
+    """(backbone, fps, clip seconds) recorded with the model; refused when any is missing."""
+    features = config.get("features", {})
+    missing = [key for key in ("backbone", "fps", "clip_seconds") if not features.get(key)]
+    if missing:
+        raise EmtmError(
+            f"{model}: the model does not record the {', '.join(missing)} of its training features, so "
+            "emtm ground cannot extract matching ones; train it on an `emtm extract` folder (its "
+            "features.json records them), or extract yourself and use emtm predict --features F.npy"
+        )
+    return str(features["backbone"]), float(features["fps"]), float(features["clip_seconds"])
+
+
+def check_backbone(backbone: Any, recorded: str, dim: int, model: str) -> None:
+    """The extractor must be the one the model's features came from: same name, same dimension."""
+    if backbone.name != recorded:
+        raise EmtmError(
+            f"{model}: trained on {recorded!r} features, but the extractor is {backbone.name!r}; "
+            "features of another backbone (or input size) mean nothing to this model"
+        )
+    if backbone.dim != dim:
+        raise EmtmError(f"{model}: expects {dim}-d features, but {backbone.name!r} gives {backbone.dim}-d")
+
+
+def cmd_ground(args: argparse.Namespace) -> int:
+    from emtm.api import Grounder
+    from emtm.cli import print_table
+    from emtm.extract.backbones import build_backbone
+    from emtm.extract.extractor import extract_one
+
+    if args.top_k < 1:
+        raise EmtmError(f"--top-k {args.top_k}: must be at least 1")
+    grounder = Grounder.load(args.model, device=args.device)
+    recorded, fps, clip_seconds = feature_spec(grounder.config, args.model)
+    if not (math.isfinite(fps) and clip_seconds * fps >= 1 - 1e-6):
+        raise EmtmError(f"{args.model}: recorded fps {fps} and clip seconds {clip_seconds} do not fit")
+    backbone = build_backbone(args.backbone or recorded, args.weights, grounder.device)
+    check_backbone(backbone, recorded, grounder.feature_dim, args.model)
+    features, info = extract_one(Path(args.video), backbone, fps, clip_seconds, args.batch_size)
+    video = grounder.encode_video(features, info.duration)
+    results = video.ground_many(args.query, top_k=args.top_k)
+    print(
+        f"{args.video}: {info.duration:.2f} s, {features.shape[0]} clips of {clip_seconds:g} s, "
+        f"{recorded} features"
+    )
+    for query, moments in zip(args.query, results):
+        moments = moments if isinstance(moments, list) else [moments]
+        print_table(
+            repr(query),
+            ["rank", "start (s)", "end (s)", "score"],
+            [[i + 1, m.start, m.end, m.score] for i, m in enumerate(moments)],
+        )
+    return 0
