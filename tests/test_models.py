@@ -52,8 +52,13 @@ def test_student_gradients_reach_every_trainable_parameter() -> None:
     loss, parts = model.loss(model(batch), batch)
     loss.backward()
     assert set(parts) == {"loc", "match"}
+    # The last bias of the start/end heads adds one constant to every clip's logit, which the softmax
+    # over clips ignores: its gradient is zero up to rounding, so it only has to be reached.
+    shift_invariant = {f"head.predictor.{side}_head.2.bias" for side in ("start", "end")}
     no_grad = [
-        n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad and (p.grad is None or (n not in shift_invariant and not p.grad.any()))
     ]
     assert no_grad == []
     assert not any(n.split(".")[-1] == "vectors" for n, _ in model.named_parameters()), (

@@ -111,7 +111,10 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--workers", type=int, help="data-loader worker processes")
     p.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its last finished epoch"
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last complete checkpoint (end of an epoch, every "
+        "run.checkpoint_every steps, or where SIGINT/SIGTERM stopped it)",
     )
     p.add_argument(
         "--set",
@@ -166,10 +169,13 @@ def run_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from emtm.engine.distributed import is_main_process
     from emtm.engine.train import train
 
     cfg = run_config(args)
     result = train(cfg, args.out, resume=args.resume)
+    if not is_main_process():  # torchrun: rank 0 reports
+        return 0
     best = result["best"]
     print_table(
         f"{cfg.model}: best validation epoch {best['epoch']} of {cfg.optim.epochs} ({result['run_dir']})",
@@ -185,6 +191,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- distill
 def cmd_distill(args: argparse.Namespace) -> int:
     from emtm.engine.checkpoint import export_student
+    from emtm.engine.distributed import is_main_process
     from emtm.engine.train import train
 
     if not args.resume:
@@ -197,6 +204,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if not args.resume:
         cfg.teachers = [str(Path(t).resolve()) for t in args.teachers]
     result = train(cfg, args.out, resume=args.resume)
+    if not is_main_process():  # torchrun: rank 0 exports and reports
+        return 0
     student_dir = export_student(Path(args.out))
     best = result["best"]
     print_table(
@@ -210,11 +219,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from emtm.engine.ablate import SUMMARY_COLUMNS, run_ablation, summary_rows
+    from emtm.engine.ablate import SUMMARY_COLUMNS, parse_rows, run_ablation, summary_rows
 
     state = run_ablation(
-        Path(args.data), args.teachers, Path(args.out), args.seeds, args.epochs, args.lr, device=args.device
-    )
+        Path(args.data), args.teachers, Path(args.out), args.seeds, args.epochs, args.lr, args.device,
+        parse_rows(args.rows),
+    )  # fmt: skip
     print_table(
         f"ablation, test split, {args.seeds} seed(s), mean ± std", SUMMARY_COLUMNS, summary_rows(state)
     )
@@ -238,7 +248,7 @@ def cmd_recipe(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from emtm.distill.show import show_query
 
-    path = show_query(args.run, args.sample_id, args.out, args.data)
+    path = show_query(args.run, args.sample_id, args.out, args.data, args.split, args.teachers)
     print(f"wrote {path}")
     return 0
 
@@ -267,27 +277,47 @@ def cmd_teachers(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from emtm.data.dataset import split_dataset
-    from emtm.engine.checkpoint import load_run
-    from emtm.engine.evaluate import length_breakdown, predict_dataset, score_predictions
-    from emtm.engine.train import resolve_device
+    from emtm.engine.evaluate import length_breakdown, score_predictions
     from emtm.io import write_json
 
-    device = resolve_device(args.device)
-    run = load_run(args.run, "last.safetensors" if args.weights == "last" else "model.safetensors", device)
-    dataset = split_dataset(args.data or run.cfg.data, args.split, run.vocab, run.cfg.run.seed)
-    eval_cfg = run.cfg.eval.model_copy(update={"protocol": args.protocol})
-    preds = predict_dataset(
-        run.model, dataset, eval_cfg, device, args.batch_size, progress=not args.no_progress
-    )
+    if bool(args.run) == bool(args.preds):
+        raise EmtmError("give one of --run (score a model) and --preds (score a prediction file)")
+    if args.preds:
+        from emtm.engine.predictions import read_predictions
+
+        if not args.data:
+            raise EmtmError("--preds needs --data D.yaml: the annotations to score the predictions against")
+        preds = read_predictions(args.preds, args.data, args.split, args.protocol, args.seed)
+        name, source = Path(args.preds).name, {"preds": str(args.preds), "data": str(args.data)}
+    else:
+        from emtm.data.dataset import split_dataset
+        from emtm.engine.checkpoint import load_run
+        from emtm.engine.evaluate import predict_dataset
+        from emtm.engine.export import is_model_dir, load_model_dir
+        from emtm.engine.train import resolve_device
+
+        device = resolve_device(args.device)
+        weights = "last.safetensors" if args.weights == "last" else "model.safetensors"
+        if is_model_dir(args.run):
+            run = load_model_dir(args.run, device)
+        else:
+            run = load_run(args.run, weights, device)
+        if not (args.data or run.cfg.data):
+            raise EmtmError(f"{args.run} is an exported model: give --data D.yaml to evaluate it on")
+        dataset = split_dataset(args.data or run.cfg.data, args.split, run.vocab, run.cfg.run.seed)
+        eval_cfg = run.cfg.eval.model_copy(update={"protocol": args.protocol})
+        preds = predict_dataset(
+            run.model, dataset, eval_cfg, device, args.batch_size, progress=not args.no_progress
+        )
+        name, source = run.cfg.model, {"run": str(args.run), "model": run.cfg.model}
     metrics = score_predictions(preds, args.protocol)
-    metrics.update(split=args.split, run=str(args.run), model=run.cfg.model)
+    metrics.update(split=args.split, **source)
     rows = [metrics_row(args.split, metrics, [metrics["n_queries"]])]
     if args.breakdown:
         metrics["breakdown"] = length_breakdown(preds, args.protocol)
         rows += [metrics_row(f"  {k}", v, [v["n_queries"]]) for k, v in metrics["breakdown"].items()]
     print_table(
-        f"{run.cfg.model} on {args.split} ({args.protocol} protocol)",
+        f"{name} on {args.split} ({args.protocol} protocol)",
         ["split", *METRIC_KEYS, "queries"],
         rows,
     )
@@ -299,13 +329,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- predict
 def cmd_predict(args: argparse.Namespace) -> int:
+    if bool(args.run) == bool(args.model):
+        raise EmtmError("give one of --model (an exported model folder or a run) and --run")
+    if args.data:
+        return predict_split(args)
+    if not args.features or not args.query:
+        raise EmtmError(
+            "give --features F.npy and --query (one video), or --data D.yaml --out preds.jsonl (a split)"
+        )
     import numpy as np
 
-    from emtm.engine.checkpoint import load_run
-    from emtm.engine.inference import ground_queries
-    from emtm.engine.train import resolve_device
+    from emtm.api import Grounder
 
-    run = load_run(args.run, device=resolve_device(args.device))
+    grounder = Grounder.load(args.model or args.run, device=args.device)
     path = Path(args.features)
     if not path.exists():
         raise EmtmError(f"{path}: features file not found (expected a (T, D) .npy array)")
@@ -313,14 +349,59 @@ def cmd_predict(args: argparse.Namespace) -> int:
         features = np.load(path, allow_pickle=False)
     except ValueError as err:
         raise EmtmError(f"{path}: not a plain .npy array ({err})") from None
-    results = ground_queries(run, features, args.duration, args.query, args.top_k)
+    video = grounder.encode_video(features, args.duration)
+    results = video.ground_many(args.query, top_k=args.top_k or 5)
     for query, moments in zip(args.query, results):
+        moments = moments if isinstance(moments, list) else [moments]
         rows = [[i + 1, m.start, m.end, m.score] for i, m in enumerate(moments)]
         print_table(
-            f"{query!r} in {path.name} ({args.duration:.1f} s)",
+            f"{query!r} in {path.name} ({video.duration:.1f} s)",
             ["rank", "start (s)", "end (s)", "score"],
             rows,
         )
+    return 0
+
+
+def predict_split(args: argparse.Namespace) -> int:
+    """Every query of a split of --data to a Moment-DETR / Lighthouse JSON-lines file."""
+    from emtm.engine.export import load_model
+    from emtm.engine.predictions import predict_file
+    from emtm.engine.train import resolve_device
+
+    if not args.out:
+        raise EmtmError("--data needs --out preds.jsonl: where to write one line per query")
+    if args.features or args.query:
+        raise EmtmError("--features/--query ground one video; leave them out with --data (a whole split)")
+    device = resolve_device(args.device)
+    run = load_model(args.model or args.run, device)
+    summary = predict_file(
+        run, args.data, args.split, args.out, device, args.top_k, args.batch_size, not args.no_progress
+    )
+    print_table(
+        f"predictions of {args.model or args.run} on {args.split}",
+        ["split", "queries", "videos", "top-k", "file"],
+        [[args.split, summary["n_queries"], summary["n_videos"], summary["top_k"], args.out]],
+    )
+    print(f"next: emtm evaluate --preds {args.out} --data {args.data} --split {args.split}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> int:
+    import json
+
+    from emtm.engine.export import CONFIG, export_model
+    from emtm.engine.export import METRIC_KEYS as EXPORT_KEYS
+
+    out = export_model(args.run, args.out, args.test_metrics)
+    config = json.loads((out / CONFIG).read_text(encoding="utf-8"))
+    files = [[name, rec["bytes"], rec["sha256"][:16]] for name, rec in config["files"].items()]
+    files += [[name, (out / name).stat().st_size, ""] for name in (CONFIG, "README.md")]
+    print_table(f"model folder {out} ({config['architecture']['name']})", ["file", "bytes", "sha256"], files)
+    if config["metrics"]:
+        rows = [[split, *[m[k] for k in EXPORT_KEYS]] for split, m in config["metrics"].items()]
+        print_table("metrics recorded in the model card (%)", ["split", *METRIC_KEYS, "queries"], rows)
+    print(f"use it: emtm predict --model {out} --data D.yaml --split test --out preds.jsonl")
     return 0
 
 
@@ -401,6 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teachers", nargs="+", required=True, help="teacher caches (.h5)")
     p.add_argument("--out", default="runs/ablation", help="folder for runs, ablation.json and ablation.md")
     p.add_argument("--seeds", type=int, default=3, help="seeds per row")
+    p.add_argument(
+        "--rows",
+        help="row numbers to run, e.g. 1,3,5 (1 alone, 2 single teachers, 3 mean, "
+        "4 KAU, 5 full EMTM, 6 teacher count, 7 width; default all)",
+    )
     p.add_argument("--epochs", type=int, default=20, help="epochs per run")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
@@ -420,17 +506,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     p.set_defaults(func=cmd_recipe)
 
-    p = sub.add_parser("show", help="draw one training query: teachers, KAU weights, ensemble, student")
+    p = sub.add_parser("show", help="draw one query: teachers, KAU weights, ensemble, student")
     p.add_argument("--run", required=True, help="a run written by emtm distill")
-    p.add_argument("--sample-id", required=True, help="a training query's sample_id (e.g. VIDEO_0)")
+    p.add_argument("--sample-id", required=True, help="the query's sample_id (e.g. VIDEO_0)")
     p.add_argument("--out", default="query.png", help="PNG to write")
     p.add_argument("--data", help="data.yaml (default: the run's)")
+    p.add_argument("--split", default="train", help="the query's split (default train)")
+    p.add_argument(
+        "--teachers", nargs="+", help="caches exported on --split, in the run's order (default: its own)"
+    )
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("evaluate", help="score a trained run on a split; prints a table, writes JSON")
-    p.add_argument("--run", required=True, help="run directory written by emtm train")
+    p = sub.add_parser(
+        "evaluate",
+        help="score a trained run, or any prediction file, on a split; prints a table, writes JSON",
+    )
+    p.add_argument("--run", help="run directory written by emtm train, or a model folder (emtm export)")
+    p.add_argument(
+        "--preds",
+        help="instead of --run: a prediction file (JSON lines: qid, vid, query, pred_relevant_windows; "
+        "Moment-DETR / Lighthouse layout, e.g. from emtm predict --out); needs --data",
+    )
     p.add_argument("--split", default="test", help="split of the data.yaml (train, val, test)")
-    p.add_argument("--data", help="data.yaml to evaluate on (default: the one the run was trained on)")
+    p.add_argument("--data", help="data.yaml to evaluate on (default for --run: the one it was trained on)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="--preds on val without a val split: seed of the held-out videos"
+    )
     p.add_argument("--json", help="write the metrics here (flat keys in percent)")
     p.add_argument(
         "--protocol", choices=["raw", "quantized"], default="raw", help="IoU against raw or clip-quantised GT"
@@ -444,14 +545,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="ground sentences in one video's features with a trained run")
-    p.add_argument("--run", required=True, help="run directory written by emtm train")
-    p.add_argument("--features", required=True, help="(T, D) clip features of the video, .npy")
-    p.add_argument("--duration", type=float, required=True, help="video length in seconds")
-    p.add_argument("--query", action="append", required=True, help="a sentence (repeat for several)")
-    p.add_argument("--top-k", type=int, default=5)
+    p = sub.add_parser(
+        "predict",
+        help="ground sentences in one video's features, or every query of a split into a prediction file",
+    )
+    p.add_argument("--model", help="a model folder (emtm export) or a run directory")
+    p.add_argument("--run", help="a run directory (emtm train/distill) or a model folder; same as --model")
+    p.add_argument("--features", help="one video: its (T, D) clip features, .npy")
+    p.add_argument(
+        "--duration",
+        type=float,
+        help="one video: its length in seconds (default: T x the model's clip length)",
+    )
+    p.add_argument("--query", action="append", help="one video: a sentence (repeat for several)")
+    p.add_argument("--data", help="a split: the data.yaml whose queries to predict")
+    p.add_argument("--split", default="test", help="a split: which one (train, val, test)")
+    p.add_argument(
+        "--out", help="a split: the JSON-lines file to write (qid, vid, query, pred_relevant_windows)"
+    )
+    p.add_argument("--top-k", type=int, default=None, help="moments per query (default: 5)")
+    p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "export", help="write a self-contained model folder (student only): safetensors, config, vocab, card"
+    )
+    p.add_argument("--run", required=True, help="run directory (emtm train, or emtm distill: its student)")
+    p.add_argument("--out", required=True, help="model folder to write, e.g. models/emtm-charades")
+    p.add_argument(
+        "--test-metrics", help="`emtm evaluate --json` file for the card (default: RUN/test.json if present)"
+    )
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="the main job on built-in data: synth -> train -> evaluate -> table")
     p.add_argument("--out", default="runs/demo", help="where the demo's runs and results go")
@@ -459,6 +585,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="small", help="synthetic benchmark preset")
     p.add_argument("--epochs", type=int, default=None, help="epochs for each model (default: the demo's)")
     p.set_defaults(func=cmd_demo)
+
+    from emtm.bench.cli import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
+
+    from emtm.extract.cli import add_parser as add_extract_parser
+
+    add_extract_parser(sub)
+
+    from emtm.extract.ground import add_parser as add_ground_parser
+
+    add_ground_parser(sub)
     return parser
 
 
@@ -470,8 +608,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except EmtmError as err:
-        print(f"emtm {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        code = getattr(err, "exit_code", 2)  # 128 + signal when SIGINT/SIGTERM stopped training cleanly
+        print(f"emtm {args.command}: {'error: ' if code == 2 else ''}{err}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print(f"emtm {args.command}: interrupted", file=sys.stderr)
         return 130

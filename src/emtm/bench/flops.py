@@ -1,12 +1,21 @@
-"""FLOPs per query with torch.utils.flop_counter (FLOPs = 2 x multiply-accumulates), at inference."""
+"""FLOPs per query with torch.utils.flop_counter (FLOPs = 2 x multiply-accumulates), at inference,
+and the synthetic inputs every benchmark uses."""
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from emtm.data.dataset import collate
 from emtm.models.base import DataSpec, GroundingModel
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of a model's first parameter or buffer (CPU for a model with neither)."""
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def dummy_batch(
@@ -29,15 +38,58 @@ def dummy_batch(
     return collate([item] * batch_size)
 
 
+def random_batch(
+    spec: DataSpec,
+    n_clips: int,
+    batch_size: int,
+    n_words: int = 8,
+    seed: int = 0,
+    one_video: bool = False,
+    max_chars: int = 16,
+) -> dict[str, torch.Tensor]:
+    """`batch_size` distinct random queries of `n_words` words over full-length videos of `n_clips` clips.
+
+    one_video: every query is about the same video (the "one video, many queries" case).
+    """
+    g = torch.Generator().manual_seed(seed)
+    vocab, n_chars = spec.word_vectors.shape[0], max(spec.n_chars, 3)
+    shared = torch.randn(n_clips, spec.video_dim, generator=g).numpy()
+    items = []
+    for i in range(batch_size):
+        video = shared if one_video else torch.randn(n_clips, spec.video_dim, generator=g).numpy()
+        word_lengths = torch.randint(2, 9, (n_words,), generator=g).tolist()
+        items.append(
+            {
+                "index": i,
+                "video": video,
+                "words": torch.randint(2, max(vocab, 3), (n_words,), generator=g)
+                .clamp_max(vocab - 1)
+                .tolist(),
+                "chars": [
+                    torch.randint(2, n_chars, (k,), generator=g).clamp_max(spec.n_chars - 1).tolist()
+                    for k in word_lengths
+                ],
+                "start_index": 0,
+                "end_index": n_clips - 1,
+                "start_frac": 0.0,
+                "end_frac": 1.0,
+                "duration": float(n_clips),
+            }
+        )
+    return collate(items, max_chars)
+
+
 def flops_per_query(model: GroundingModel, spec: DataSpec, n_clips: int, n_words: int = 8) -> int:
     """Forward FLOPs of one query in eval mode (autograd on, so attention's fused fast path is counted)."""
     model = model.eval()
-    batch = {k: v.to(next(model.parameters()).device) for k, v in dummy_batch(spec, n_clips, n_words).items()}
+    device = model_device(model)
+    batch = {k: v.to(device) for k, v in dummy_batch(spec, n_clips, n_words).items()}
     with FlopCounterMode(display=False) as counter:
         model(batch)
     return int(counter.get_total_flops())
 
 
 def count_parameters(model: GroundingModel) -> dict[str, int]:
+    """Trainable parameters, and the total of all parameters and buffers (frozen word vectors included)."""
     total = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
     return {"trainable": model.n_trainable, "total": total}

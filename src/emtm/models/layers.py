@@ -90,11 +90,20 @@ class SelfAttentionBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        h = self.norm1(x)
-        h, _ = self.attn(h, h, h, key_padding_mask=~mask, need_weights=False)
-        x = x + self.dropout(h)
+        x = x + self.dropout(self.self_attention(self.norm1(x), mask))
         x = x + self.dropout(self.ffn(self.norm2(x)))
         return masked_fill_padding(x, mask)
+
+    def self_attention(self, h: Tensor, mask: Tensor) -> Tensor:
+        """nn.MultiheadAttention's maths with its own weights, run by F.scaled_dot_product_attention:
+        the same result, about 2x faster on CPU than its masked-softmax path (benchmarks/bench.py)."""
+        attn = self.attn
+        batch, length, d = h.shape
+        qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
+        q, k, v = qkv.view(batch, length, 3, attn.num_heads, d // attn.num_heads).permute(2, 0, 3, 1, 4)
+        dropout = attn.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], dropout_p=dropout)
+        return attn.out_proj(out.transpose(1, 2).reshape(batch, length, d))
 
 
 class FeatureEncoder(nn.Module):

@@ -16,15 +16,14 @@ what a heavy teacher for distillation should be. SeqPAN's own released configs u
 
 from __future__ import annotations
 
-import math
-
 import torch
+import torch.nn.functional as F
 from pydantic import model_validator
 from torch import Tensor, nn
 
 from emtm.models.base import DataSpec, ModelConfig
 from emtm.models.encoder import GroundingEncoder
-from emtm.models.layers import masked_fill_padding, masked_softmax
+from emtm.models.layers import masked_fill_padding
 from emtm.models.registry import register
 from emtm.models.student import SpanHead, SpanModel
 
@@ -44,8 +43,8 @@ def merge_heads(x: Tensor) -> Tensor:
 def attend(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, dropout: nn.Module) -> Tensor:
     """Scaled dot-product attention over heads; `allowed` (bool, broadcast to (B, H, Lq, Lk)) marks the
     keys each query may see. Every row needs at least one allowed key."""
-    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    return dropout(masked_softmax(scores, allowed)) @ v
+    p = dropout.p if dropout.training else 0.0
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)
 
 
 def key_mask(mask: Tensor) -> Tensor:

@@ -1,0 +1,331 @@
+"""Ways to run the same model at inference, each checked against eager fp32.
+
+A variant is written as features joined by '+', e.g. `bf16+compile:max-autotune`:
+
+* `threads=N`           N intra-op CPU threads (the default: the benchmark's thread count);
+* `bf16`, `fp16`        autocast to that dtype (fp16 on CUDA only);
+* `compile[:MODE]`      torch.compile of forward + decoding, MODE as torch.compile's (default: 'default');
+* `graph`               CUDA-graph replay of forward + decoding for each fixed input shape (CUDA only);
+* `onnx`                export to ONNX, run with onnxruntime on the CPU (decoding stays in PyTorch);
+* `cached`              one video, many queries: the video is encoded once beforehand (models with
+                        `encode_video` / `ground_encoded`, the student), each call grounds the queries.
+
+Every runner returns the model's outputs plus `windows` and `scores` of the top-1 moment, decoded on
+the device (`model.predict(..., top_k=1)`; graph: the top-1 clip `spans` and `scores`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from emtm.errors import ConfigError
+from emtm.models.decode import decode_spans
+from emtm.models.layers import masked_softmax
+
+Batch = dict[str, Tensor]
+Outputs = dict[str, Tensor]
+INPUT_KEYS = ("video", "video_mask", "words", "chars", "query_mask")
+AGREEMENT_TARGET = 0.99  # share of queries whose argmax span must match eager fp32
+
+
+@dataclass(frozen=True)
+class Variant:
+    threads: int | None = None
+    dtype: str | None = None
+    compile: str | None = None
+    graph: bool = False
+    onnx: bool = False
+    cached: bool = False
+
+    @property
+    def name(self) -> str:
+        parts = []
+        if self.threads:
+            parts.append(f"threads={self.threads}")
+        if self.dtype:
+            parts.append(self.dtype)
+        if self.compile:
+            parts.append("compile" if self.compile == "default" else f"compile:{self.compile}")
+        parts += [flag for flag in ("graph", "onnx", "cached") if getattr(self, flag)]
+        return "+".join(parts) or "eager"
+
+
+def parse_variant(text: str) -> Variant:
+    """'bf16+compile:max-autotune' -> Variant; a clear ConfigError for anything else."""
+    variant = Variant()
+    for part in text.strip().split("+"):
+        key, _, value = part.strip().partition(":") if part.startswith("compile") else (part.strip(), "", "")
+        if key.startswith("threads="):
+            try:
+                variant = replace(variant, threads=int(key.split("=", 1)[1]))
+            except ValueError:
+                raise ConfigError(f"variant {text!r}: threads=N needs a whole number, got {key!r}") from None
+        elif key in ("bf16", "fp16"):
+            variant = replace(variant, dtype=key)
+        elif key == "compile":
+            variant = replace(variant, compile=value or "default")
+        elif key in ("graph", "onnx", "cached"):
+            variant = replace(variant, **{key: True})
+        else:
+            raise ConfigError(
+                f"unknown variant part {part!r} in {text!r}; use threads=N, bf16, fp16, compile[:MODE], "
+                "graph, onnx, cached, joined by '+'"
+            )
+    if variant.onnx and (variant.dtype or variant.compile or variant.graph or variant.cached):
+        raise ConfigError(f"variant {text!r}: onnx runs fp32 in onnxruntime; combine it only with threads=N")
+    if variant.graph and (variant.cached or variant.compile):
+        raise ConfigError(
+            f"variant {text!r}: graph replays eager forward passes; for compiled graphs use "
+            "compile:reduce-overhead, and graph cannot use cached"
+        )
+    return variant
+
+
+def auto_variants(device: torch.device, base_threads: int, everything: bool = False) -> list[str]:
+    """The variants worth a row on this device ('auto'); everything=True ('all') adds torch.compile on
+    the CPU, left out of 'auto' there because compiling takes minutes on a small CPU machine."""
+    if device.type == "cuda":
+        return [
+            "bf16",
+            "compile",
+            "bf16+compile",
+            "bf16+compile:max-autotune-no-cudagraphs",
+            "bf16+compile:reduce-overhead",
+            "graph",
+            "bf16+graph",
+            "cached",
+        ]
+    other = 2 if base_threads == 1 else 1
+    names = [f"threads={other}", "bf16", "cached"]
+    if everything:
+        names += ["compile", "bf16+compile"]
+    try:
+        import onnxruntime  # noqa: F401
+
+        names.append("onnx")
+    except ImportError:
+        pass
+    return names
+
+
+def check_variant(variant: Variant, device: torch.device, model: nn.Module) -> None:
+    """Raise a ConfigError when the variant cannot run here (so the row says why)."""
+    if variant.graph and device.type != "cuda":
+        raise ConfigError("graph (CUDA-graph replay) needs --device cuda")
+    if variant.dtype == "fp16" and device.type != "cuda":
+        raise ConfigError("fp16 autocast is for CUDA; use bf16 on the CPU")
+    if variant.onnx and device.type != "cpu":
+        raise ConfigError("onnx rows run onnxruntime on the CPU; use --device cpu")
+    if variant.cached and not (hasattr(model, "encode_video") and hasattr(model, "ground_encoded")):
+        raise ConfigError(f"{type(model).__name__} has no encode_video / ground_encoded: nothing to cache")
+
+
+class Runner:
+    """prepare(batch) once per input (not timed), then call(prepared) -> outputs (timed)."""
+
+    def prepare(self, batch: Batch) -> Any:
+        return batch
+
+    def __call__(self, prepared: Any) -> Outputs:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def decode_top1(model: nn.Module, outputs: Outputs, batch: Batch) -> Outputs:
+    pred = model.predict(outputs, batch, top_k=1)
+    return {**outputs, "windows": pred.windows, "scores": pred.scores}
+
+
+class EagerRunner(Runner):
+    """forward + top-1 decoding, optionally under autocast and/or torch.compile."""
+
+    def __init__(
+        self, model: nn.Module, device: torch.device, dtype: str | None = None, compile: str | None = None
+    ):
+        self.model, self.device = model, device
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype or "")
+        self.fn: Callable[[Batch], Outputs] = self.infer
+        if compile:
+            self.fn = torch.compile(self.infer, mode=None if compile == "default" else compile)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def infer(self, batch: Batch) -> Outputs:
+        with self.autocast():
+            return decode_top1(self.model, self.model(batch), batch)
+
+    def __call__(self, prepared: Batch) -> Outputs:
+        return self.fn(prepared)
+
+
+class CachedRunner(EagerRunner):
+    """One video, many queries: the batch's first video is encoded in prepare(); calls ground the queries."""
+
+    def prepare(self, batch: Batch) -> tuple[Batch, Tensor, Tensor]:
+        mask = batch["video_mask"][:1]
+        with self.autocast():
+            return batch, self.model.encode_video(batch["video"][:1], mask), mask
+
+    def infer(self, prepared: tuple[Batch, Tensor, Tensor]) -> Outputs:  # type: ignore[override]
+        batch, encoded, mask = prepared
+        with self.autocast():
+            outputs = self.model.ground_encoded(
+                encoded, mask, batch["words"], batch["chars"], batch["query_mask"]
+            )
+            return decode_top1(self.model, outputs, batch)
+
+
+class GraphRunner(Runner):
+    """CUDA-graph replay of forward + top-1 span decoding, one graph per input shape, captured in
+    prepare(); a call copies the inputs into the graph's static tensors and replays. Decoding stops at
+    the clip spans (`spans`, `scores`): turning them into fractions builds a tensor from Python numbers,
+    which graph capture does not allow. Autocast runs without its weight cache, as capture requires.
+    The outputs are the graph's static tensors, overwritten by the next replay."""
+
+    def __init__(self, model: nn.Module, dtype: str | None = None):
+        self.model = model
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype or "")
+
+    def body(self, batch: Batch) -> Outputs:
+        with torch.autocast("cuda", dtype=self.dtype, enabled=self.dtype is not None, cache_enabled=False):
+            outputs = self.model(batch)
+        spans, scores = decode_spans(
+            outputs["start_logits"].float(), outputs["end_logits"].float(), batch["video_mask"], top_k=1
+        )
+        return {**outputs, "spans": spans, "scores": scores}
+
+    def prepare(self, batch: Batch) -> tuple[Batch, Batch, Any, Outputs]:
+        static = {k: v.clone() for k, v in batch.items()}
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                self.body(static)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = self.body(static)
+        return batch, static, graph, outputs
+
+    def __call__(self, prepared: tuple[Batch, Batch, Any, Outputs]) -> Outputs:
+        batch, static, graph, outputs = prepared
+        for key, value in static.items():
+            value.copy_(batch[key], non_blocking=True)
+        graph.replay()
+        return outputs
+
+
+class _LogitsOnly(nn.Module):
+    """Tensor-in, tensor-out view of a span model for ONNX export."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
+        outputs = self.model(dict(zip(INPUT_KEYS, inputs)))
+        return outputs["start_logits"], outputs["end_logits"]
+
+
+class OnnxRunner(Runner):
+    """The model exported to ONNX (TorchScript exporter, dynamic batch) and run with onnxruntime's CPU
+    provider at `threads` intra-op threads; top-1 decoding of its logits in PyTorch."""
+
+    def __init__(self, model: nn.Module, example: Batch, threads: int):
+        import onnxruntime as ort
+
+        self.model = model
+        wrapper = _LogitsOnly(model).eval()  # a fresh module is in training mode: dropout would be exported
+        names = ["start_logits", "end_logits"]
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+            path = Path(tmp) / "model.onnx"
+            torch.onnx.export(
+                wrapper,
+                tuple(example[k] for k in INPUT_KEYS),
+                str(path),
+                input_names=list(INPUT_KEYS),
+                output_names=names,
+                dynamic_axes={k: {0: "batch"} for k in (*INPUT_KEYS, *names)},
+                opset_version=17,
+                dynamo=False,
+            )
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]  # unused inputs are pruned by export
+
+    def prepare(self, batch: Batch) -> tuple[Batch, dict[str, Any]]:
+        return batch, {k: batch[k].numpy() for k in self.inputs}
+
+    def __call__(self, prepared: tuple[Batch, dict[str, Any]]) -> Outputs:
+        batch, feeds = prepared
+        start, end = self.session.run(None, feeds)
+        outputs = {"start_logits": torch.from_numpy(start), "end_logits": torch.from_numpy(end)}
+        return decode_top1(self.model, outputs, batch)
+
+
+def build_runner(
+    variant: Variant, model: nn.Module, device: torch.device, example: Batch, threads: int
+) -> Runner:
+    """The runner of `variant` for a model already in eval mode on `device` (raises ConfigError if the
+    variant cannot run here). ONNX export happens here; torch.compile compiles on the first call."""
+    check_variant(variant, device, model)
+    if variant.onnx:  # grad mode on: under no_grad, attention would export as an unsupported fused op
+        return OnnxRunner(model, example, threads)
+    if variant.graph:
+        return GraphRunner(model, variant.dtype)
+    cls = CachedRunner if variant.cached else EagerRunner
+    return cls(model, device, variant.dtype, variant.compile)
+
+
+def compare_outputs(reference: Outputs, outputs: Outputs, mask: Tensor) -> dict[str, float]:
+    """How a variant's span outputs agree with eager fp32 on the same queries.
+
+    same_span: share of queries with the same top-1 span (decode_spans of each one's logits);
+    max_rel_prob_err: max over queries and boundaries of max_t |p' - p| / max_t p, p the start (end)
+    probabilities over the valid clips; max_abs_prob_err: max |p' - p|.
+    """
+    mask = mask.bool().cpu()
+    ref_s, ref_e = (reference[k].detach().float().cpu() for k in ("start_logits", "end_logits"))
+    var_s, var_e = (outputs[k].detach().float().cpu() for k in ("start_logits", "end_logits"))
+    ref_spans, _ = decode_spans(ref_s, ref_e, mask, top_k=1)
+    var_spans, _ = decode_spans(var_s, var_e, mask, top_k=1)
+    same = (ref_spans == var_spans).all(-1).squeeze(1)
+    rel, absolute = [], []
+    for ref, var in ((ref_s, var_s), (ref_e, var_e)):
+        p_ref, p_var = masked_softmax(ref, mask), masked_softmax(var, mask)
+        diff = (p_var - p_ref).abs().amax(-1)
+        rel.append(diff / p_ref.amax(-1))
+        absolute.append(diff)
+    return {
+        "n_queries": int(same.numel()),
+        "same_span": float(same.float().mean()),
+        "max_rel_prob_err": float(torch.stack(rel).max()),
+        "max_abs_prob_err": float(torch.stack(absolute).max()),
+    }
+
+
+def merge_agreement(parts: list[dict[str, float]]) -> dict[str, Any]:
+    """Combine compare_outputs over several check batches; `ok` says whether the 99% target is met."""
+    n = sum(p["n_queries"] for p in parts)
+    same = sum(p["same_span"] * p["n_queries"] for p in parts) / max(n, 1)
+    return {
+        "n_queries": n,
+        "same_span": same,
+        "max_rel_prob_err": max(p["max_rel_prob_err"] for p in parts),
+        "max_abs_prob_err": max(p["max_abs_prob_err"] for p in parts),
+        "ok": same >= AGREEMENT_TARGET,
+    }
