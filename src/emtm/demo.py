@@ -24,7 +24,7 @@ from emtm.engine.train import resolve_device, train
 from emtm.io import write_json, write_markdown_table
 
 # Sized so the whole demo fits in 20 minutes on 2 CPU cores (README has the measured times).
-DEMO_EPOCHS = 12
+DEMO_EPOCHS = 8
 DEMO_TEACHERS: dict[str, tuple[int, dict[str, Any]]] = {
     "seqpan": (DEMO_EPOCHS, {"d": 128}),
     "proposals": (DEMO_EPOCHS, {}),
