@@ -36,10 +36,10 @@ from emtm.engine.checkpoint import LoadedRun
 from emtm.engine.inference import (
     Moment,
     PreparedVideo,
-    ground_pairs,
-    ground_prepared,
+    WindowedVideo,
+    ground_videos,
     model_device,
-    prepare_video,
+    prepare_long_video,
 )
 from emtm.errors import EmtmError
 
@@ -71,8 +71,11 @@ class Grounder:
     """A loaded grounding model: `ground` sentences in one video, `ground_many` across videos.
 
     Features are a video's (T, D) clip features of the kind the model was trained on (`config`
-    says which); videos longer than `max_video_len` clips are mean-pooled to it. Durations are in
-    seconds; when one is not given, it is T x the clip length recorded with the model, if any.
+    says which). Durations are in seconds; when one is not given, it is T x the clip length recorded
+    with the model, if any. Videos longer than `max_video_len` clips are, with `long_video="auto"`
+    (the default), grounded in sliding windows of `window` clips every `stride` clips when the model
+    records its clip length, else mean-pooled to max_video_len clips as in training; "window" and
+    "resample" force one or the other (docs/API.md, "Long videos").
     """
 
     def __init__(self, run: LoadedRun, config: dict[str, Any]):
@@ -118,17 +121,34 @@ class Grounder:
             )
         return float(np.shape(features)[0]) * self.clip_seconds
 
-    def encode_video(self, features: np.ndarray, duration: float | None = None) -> EncodedVideo:
-        """Encode a video once (the student's video branch), to ground any number of sentences in it."""
+    def encode_video(
+        self,
+        features: np.ndarray,
+        duration: float | None = None,
+        long_video: str = "auto",
+        window: int | None = None,
+        stride: int | None = None,
+    ) -> EncodedVideo:
+        """Encode a video once (the student's video branch; each sliding window once for a long
+        video), to ground any number of sentences in it."""
         duration = self._duration(features, duration)
-        return EncodedVideo(self, prepare_video(self.run, features, duration))
+        clip_known = self.clip_seconds is not None
+        prepared = prepare_long_video(self.run, features, duration, long_video, window, stride, clip_known)
+        return EncodedVideo(self, prepared)
 
     def ground(
-        self, features: np.ndarray, query: str, duration: float | None = None, top_k: int = 1
+        self,
+        features: np.ndarray,
+        query: str,
+        duration: float | None = None,
+        top_k: int = 1,
+        long_video: str = "auto",
+        window: int | None = None,
+        stride: int | None = None,
     ) -> Moment | list[Moment]:
         """The best moment of `query` in the video; with `top_k > 1`, up to top_k distinct moments
-        after temporal NMS, best first."""
-        return self.encode_video(features, duration).ground(query, top_k)
+        after temporal NMS, best first. `long_video`, `window`, `stride`: see the class docstring."""
+        return self.encode_video(features, duration, long_video, window, stride).ground(query, top_k)
 
     def ground_many(
         self,
@@ -137,14 +157,18 @@ class Grounder:
         durations: Mapping[str, float] | None = None,
         top_k: int = 1,
         batch_size: int = 64,
+        long_video: str = "auto",
+        window: int | None = None,
+        stride: int | None = None,
     ) -> list[Moment] | list[list[Moment]]:
         """Ground many (video_id, sentence) pairs: each video is encoded once, the pairs are batched.
 
         `videos` maps a video id to its (T, D) features, `durations` a video id to its length in
         seconds (needed unless the model records its clip length). Returns one result per pair, in
-        order: a Moment, or with `top_k > 1` a list of them.
+        order: a Moment, or with `top_k > 1` a list of them. `long_video`, `window`, `stride` apply
+        to every video (see the class docstring).
         """
-        prepared: dict[str, PreparedVideo] = {}
+        prepared: dict[str, PreparedVideo | WindowedVideo] = {}
         pairs = []
         for i, pair in enumerate(queries):
             if not (isinstance(pair, tuple | list) and len(pair) == 2):
@@ -155,11 +179,12 @@ class Grounder:
             if video_id not in prepared:
                 duration = None if durations is None else durations.get(video_id)
                 try:
-                    prepared[video_id] = self.encode_video(videos[video_id], duration).prepared
+                    encoded = self.encode_video(videos[video_id], duration, long_video, window, stride)
+                    prepared[video_id] = encoded.prepared
                 except EmtmError as err:
                     raise EmtmError(f"video {video_id!r}: {err}") from None
             pairs.append((prepared[video_id], query))
-        found = ground_pairs(self.run, pairs, top_k, batch_size)
+        found = ground_videos(self.run, pairs, top_k, batch_size)
         return [moments[0] if top_k == 1 else distinct(moments) for moments in found]
 
     def __repr__(self) -> str:
@@ -170,14 +195,23 @@ class Grounder:
 
 @dataclass(frozen=True)
 class EncodedVideo:
-    """A video encoded once by a Grounder; `ground` sentences in it without encoding it again."""
+    """A video encoded once by a Grounder; `ground` sentences in it without encoding it again.
+
+    `prepared` is a PreparedVideo (the whole video, mean-pooled beyond max_video_len) or, for a long
+    video in sliding windows, a WindowedVideo.
+    """
 
     grounder: Grounder
-    prepared: PreparedVideo
+    prepared: PreparedVideo | WindowedVideo
 
     @property
     def duration(self) -> float:
         return self.prepared.duration
+
+    @property
+    def windows(self) -> tuple[tuple[int, int], ...]:
+        """The sliding windows' clip ranges [first, stop); empty when the video is grounded whole."""
+        return self.prepared.spans if isinstance(self.prepared, WindowedVideo) else ()
 
     def ground(self, query: str, top_k: int = 1) -> Moment | list[Moment]:
         """The best moment (top_k=1) or up to top_k distinct moments after temporal NMS, best first."""
@@ -189,5 +223,6 @@ class EncodedVideo:
         """One result per sentence, in order (batched)."""
         if isinstance(queries, str):
             raise EmtmError("queries must be a list of sentences, not one string; use ground() for one")
-        found = ground_prepared(self.grounder.run, self.prepared, list(queries), top_k, batch_size)
+        pairs = [(self.prepared, query) for query in queries]
+        found = ground_videos(self.grounder.run, pairs, top_k, batch_size)
         return [moments[0] if top_k == 1 else distinct(moments) for moments in found]

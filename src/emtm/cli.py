@@ -332,6 +332,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if bool(args.run) == bool(args.model):
         raise EmtmError("give one of --model (an exported model folder or a run) and --run")
     if args.data:
+        if args.long_video or args.window is not None or args.stride is not None:
+            raise EmtmError("--long-video, --window and --stride apply to one video (--features), not --data")
         return predict_split(args)
     if not args.features or not args.query:
         raise EmtmError(
@@ -349,8 +351,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         features = np.load(path, allow_pickle=False)
     except ValueError as err:
         raise EmtmError(f"{path}: not a plain .npy array ({err})") from None
-    video = grounder.encode_video(features, args.duration)
+    long_video = args.long_video or "auto"
+    video = grounder.encode_video(features, args.duration, long_video, args.window, args.stride)
     results = video.ground_many(args.query, top_k=args.top_k or 5)
+    if video.windows:
+        w = video.prepared
+        print(
+            f"{path.name}: {w.n_clips} clips, grounded in {len(w.spans)} sliding windows of {w.window} clips "
+            f"(stride {w.stride}), moments merged across windows with temporal NMS"
+        )
     for query, moments in zip(args.query, results):
         moments = moments if isinstance(moments, list) else [moments]
         rows = [[i + 1, m.start, m.end, m.score] for i, m in enumerate(moments)]
@@ -564,6 +573,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", help="a split: the JSON-lines file to write (qid, vid, query, pred_relevant_windows)"
     )
     p.add_argument("--top-k", type=int, default=None, help="moments per query (default: 5)")
+    p.add_argument(
+        "--long-video",
+        choices=["auto", "window", "resample"],
+        help="one video longer than the model's max_video_len clips: sliding windows (window) or mean-pool "
+        "(resample); default auto = windows when the model records its clip length (docs/API.md)",
+    )
+    p.add_argument("--window", type=int, help="one video: clips per sliding window (default: max_video_len)")
+    p.add_argument("--stride", type=int, help="one video: clips between window starts (default: window / 2)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     p.add_argument("--no-progress", action="store_true")
@@ -597,6 +614,10 @@ def build_parser() -> argparse.ArgumentParser:
     from emtm.extract.ground import add_parser as add_ground_parser
 
     add_ground_parser(sub)
+
+    from emtm.serve.cli import add_parser as add_serve_parser  # argparse only; FastAPI loads in the command
+
+    add_serve_parser(sub)
     return parser
 
 

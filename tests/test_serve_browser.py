@@ -1,0 +1,161 @@
+"""The web demo in a real headless browser: `emtm serve` runs as a subprocess on a free loopback port,
+Debian's chromium (driven by playwright, never downloaded) loads the page, picks a generated video,
+submits a query and waits for the answer. The highlighted moment must equal the JSON API's answer for
+the same request, and clicking it must seek the video there. A screenshot is saved in the test's tmp
+folder (and to docs/img/serve.png with EMTM_UPDATE_SCREENSHOT=1)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from test_serve_api import random_model
+
+CHROMIUM = os.environ.get("EMTM_CHROMIUM", "/usr/bin/chromium")
+FLAGS = [  # playwright adds --headless and --user-data-dir (a fresh one per test) itself
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+REPO = Path(__file__).resolve().parents[1]
+QUERY = "a red square appears"
+
+
+def require_browser() -> None:
+    """Fail (not skip: a skip would hide a broken demo in CI) when the browser or its driver is missing."""
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(
+            f"{CHROMIUM} not found: the web demo's browser test needs Debian chromium; install it with "
+            "`apt-get update && apt-get install -y --no-install-recommends chromium` (.ci/run does), "
+            "or point EMTM_CHROMIUM at a chromium binary"
+        )
+    for module in ("playwright", "fastapi", "uvicorn", "httpx", "av"):
+        try:
+            __import__(module)
+        except ImportError:
+            pytest.fail(f"python package {module} missing: pip install -c constraints.txt -e '.[dev]'")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture()
+def server(tmp_path: Path):
+    require_browser()
+    from emtm.extract.shapes import ShapeEvent, write_video
+
+    model = random_model(tmp_path / "model")
+    videos = tmp_path / "videos"
+    events = [
+        ShapeEvent("red", "square", 1.0, 4.0, 0.3, 0.3),
+        ShapeEvent("blue", "circle", 4.5, 7.0, 0.7, 0.7),
+    ]
+    write_video(
+        videos / "shapes.mp4", events, duration=8.0, size=96, fps=10, codec="libx264"
+    )  # plays in chromium
+    port = free_port()
+    log = (tmp_path / "serve.log").open("w")
+    cmd = [sys.executable, "-m", "emtm", "serve", "--model", str(model), "--videos", str(videos),
+           "--cache", str(tmp_path / "cache"), "--port", str(port)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    import httpx
+
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if httpx.get(url + "/info", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"emtm serve did not start: {(tmp_path / 'serve.log').read_text()}")
+        time.sleep(0.2)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def test_page_highlights_the_apis_moment_and_seeks_to_it(server: str, tmp_path: Path) -> None:
+    import httpx
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=FLAGS,
+            viewport={"width": 900, "height": 1000},
+        )  # fmt: skip
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            page.goto(server + "/")
+            page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+            assert "efficientnet-lite0@32px" in page.inner_text("#model-info")
+            page.select_option("#video-select", "video:shapes.mp4")
+            page.fill("#query", QUERY)
+            page.fill("#top-k", "3")
+            page.click("#submit")
+            page.wait_for_selector("body[data-state='done'], body[data-state='error']", timeout=90_000)
+            assert page.get_attribute("body", "data-state") == "done", page.inner_text("#status")
+            shown = {
+                "start": float(page.get_attribute("#best-moment", "data-start")),
+                "end": float(page.get_attribute("#best-moment", "data-end")),
+                "text": (page.inner_text("#best-start"), page.inner_text("#best-end")),
+                "alternatives": page.locator("#alternatives li").count(),
+                "curves": page.locator("#curves polyline").count(),
+            }
+            # the same request through the JSON API (its features now come from the cache)
+            answer = httpx.post(
+                server + "/ground", json={"video": "shapes.mp4", "query": QUERY, "top_k": 3}, timeout=60
+            ).json()
+            best = answer["moments"][0]
+            assert answer["cached"] is True and answer["duration"] == pytest.approx(8.0, abs=0.15)
+            assert (shown["start"], shown["end"]) == (best["start"], best["end"])
+            assert shown["text"] == (f"{best['start']:.2f}", f"{best['end']:.2f}")
+            assert shown["alternatives"] == len(answer["moments"]) and shown["curves"] == 2
+            # the highlight sits where the moment is on the timeline
+            bar = page.locator("#timeline").bounding_box()
+            box = page.locator("#best-moment").bounding_box()
+            assert box["x"] - bar["x"] == pytest.approx(
+                bar["width"] * best["start"] / answer["duration"], abs=2
+            )
+            # a click on the highlighted moment seeks the video to its start
+            page.wait_for_function("document.getElementById('player').readyState >= 1", timeout=30_000)
+            page.click("#best-moment")
+            page.wait_for_function(
+                f"Math.abs(document.getElementById('player').currentTime - {best['start']}) < 0.05",
+                timeout=10_000,
+            )
+            page.wait_for_function(
+                "(p => !p.seeking && p.readyState >= 2)(document.getElementById('player'))"
+            )
+            assert not errors, errors
+            shot = tmp_path / "serve.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            if os.environ.get("EMTM_UPDATE_SCREENSHOT") == "1":
+                (REPO / "docs" / "img").mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(shot, REPO / "docs" / "img" / "serve.png")
+        finally:
+            browser.close()
