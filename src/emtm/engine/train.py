@@ -11,14 +11,10 @@ checkpoint. Under torchrun the same loop runs DistributedDataParallel (emtm.engi
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import logging
 import math
 import signal
-import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,8 +41,9 @@ from emtm.engine.checkpoint import (
     write_run_config,
 )
 from emtm.engine.evaluate import evaluate, to_device
+from emtm.engine.run_files import open_tensorboard, write_metrics
+from emtm.engine.signals import StopRequest, TrainingStopped, ignore_stop_signals
 from emtm.errors import EmtmError
-from emtm.io import atomic_open, atomic_path, write_json
 from emtm.models.base import GroundingModel
 from emtm.models.registry import build_model, model_config
 
@@ -165,53 +162,6 @@ def train(
         return Trainer(cfg, Path(run_dir), ctx, resume).run(on_epoch_end)
     finally:
         ctx.close()
-
-
-class TrainingStopped(EmtmError):
-    """SIGINT/SIGTERM stopped the run after saving a checkpoint; the CLI exits with 128 + the signal."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum
-
-
-class StopRequest:
-    """SIGINT/SIGTERM become a flag that the loop reads after each step; a second SIGINT aborts at once."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.signum is not None:
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt  # a second Ctrl-C: stop now, keep the last complete checkpoint
-            return
-        self.signum = signum
-        if distributed.is_main_process():
-            name = signal.Signals(signum).name
-            print(f"emtm: {name} received; saving a checkpoint after the current step", file=sys.stderr)
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
-
-def ignore_stop_signals(worker_id: int) -> None:
-    """Data-loader workers leave SIGINT/SIGTERM to the main process, which checkpoints and shuts them down."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 @dataclass
@@ -538,15 +488,6 @@ def with_teachers(cfg: TrainConfig, train_set: GroundingDataset):
     return TeacherDataset(train_set, caches), collate_fn
 
 
-def open_tensorboard(run_dir: Path):
-    """A TensorBoard writer in run_dir/tensorboard when the tensorboard package is installed."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
-
-
 def split_summary(data: RunData) -> dict[str, Any]:
     out = {}
     for name, split in data.prepared.splits.items():
@@ -559,36 +500,3 @@ def split_summary(data: RunData) -> dict[str, Any]:
             report = split.report
             out[name].update(n_read=report.n_read, n_clipped=report.n_clipped, n_dropped=report.n_dropped)
     return out
-
-
-def write_metrics(run_dir: Path, history: list[dict[str, Any]], best: dict[str, Any] | None, model) -> None:
-    write_json(run_dir / "metrics.json", {"best": best, "history": history, "n_trainable": model.n_trainable})
-    keys = sorted({k for row in history for k in row}, key=lambda k: (k != "epoch", k))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(history)
-    with atomic_open(run_dir / "log.csv") as handle:
-        handle.write(buffer.getvalue())
-    plot_curve(run_dir / "curve.png", history)
-
-
-def plot_curve(path: Path, history: list[dict[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [row["epoch"] for row in history]
-    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(9, 3.2))
-    if any("train_loss" in row for row in history):
-        ax_loss.plot(epochs, [row.get("train_loss", float("nan")) for row in history], marker="o")
-    ax_loss.set(title="training loss", xlabel="epoch")
-    for key in ("val_r1@0.3", "val_r1@0.5", "val_r1@0.7", "val_miou"):
-        ax_val.plot(epochs, [row[key] for row in history], marker=".", label=key[4:])
-    ax_val.set(title="validation (%)", xlabel="epoch")
-    ax_val.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
