@@ -435,7 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
         "synth", help="write the built-in synthetic benchmark (or features for real annotations)"
     )
     p.add_argument(
-        "--preset", default="default", help="size preset: tiny, small or default (Charades-STA size)"
+        "--preset",
+        default="default",
+        help="tiny, small, default (Charades-STA size), small-relational or relational (repeated events)",
     )
     p.add_argument("--out", default="data/synth", help="output folder (gets data.yaml)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same bytes")
