@@ -173,3 +173,14 @@ def test_usage_errors(run_dir: Path, preds: Path, tiny_data: Path, capsys) -> No
     assert "give --features" in capsys.readouterr().err
     assert main(["evaluate", "--preds", str(preds), "--data", str(tiny_data), "--split", "train"]) == 2
     assert "is not a query of split 'train'" in capsys.readouterr().err
+
+
+def test_a_deeply_nested_line_is_a_clear_error(tmp_path: Path) -> None:
+    from emtm.engine.predictions import _records
+    from emtm.errors import DataError
+
+    path = tmp_path / "deep.jsonl"
+    path.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    expected = r"deep.jsonl, line 1: invalid JSON \(arrays/objects nested too deeply\)"
+    with pytest.raises(DataError, match=expected):
+        list(_records(path))

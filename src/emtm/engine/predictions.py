@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from emtm.config import DataConfig, load_data_config
+from emtm.data.annotations import json_problem
 from emtm.data.dataset import filter_missing, load_splits, split_dataset
 from emtm.data.features import open_feature_store
 from emtm.data.records import Sample
@@ -167,8 +168,8 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"invalid JSON ({err.msg}, column {err.colno})", path, lineno) from None
+        except (ValueError, RecursionError) as err:  # syntax, a huge integer, or deep nesting
+            raise DataError(f"invalid JSON ({json_problem(err)})", path, lineno) from None
         if not isinstance(record, dict):
             raise DataError("expected one JSON object per line", path, lineno)
         for key in ("qid", "pred_relevant_windows"):
