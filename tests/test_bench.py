@@ -217,3 +217,23 @@ def test_plot_accuracy_flops(tmp_path: Path) -> None:
         [*args[:-6], "--results", str(missing)], capture_output=True, text=True, check=False
     )
     assert done.returncode == 2 and "no GFLOPs for 'eamat'" in done.stderr
+
+
+def test_random_batch_is_laid_out_as_collate_lays_out_a_batch() -> None:
+    from emtm.bench.flops import dummy_batch
+
+    _, spec = tiny_student()
+    batch = random_batch(spec, SHAPES["tiny"], 5, n_words=6, seed=2)
+    reference = dummy_batch(spec, SHAPES["tiny"], 6, batch_size=5)
+    assert set(batch) == set(reference)
+    for key, value in reference.items():
+        assert batch[key].dtype == value.dtype, key
+        assert batch[key].shape[0] == 5 and batch[key].shape[1:2] == value.shape[1:2], key
+    lengths = (batch["chars"] > 0).sum(-1)
+    assert ((lengths >= 2) & (lengths <= 8)).all()  # 2 to 8 characters per word, then padding
+    first_pad = (batch["chars"] == 0).float().argmax(-1)
+    assert (first_pad == lengths).all()  # the characters come first
+    assert (batch["words"] >= 2).all() and (batch["words"] < spec.word_vectors.shape[0]).all()
+    one = random_batch(spec, SHAPES["tiny"], 3, seed=2, one_video=True)
+    assert torch.equal(one["video"][0], one["video"][2])
+    assert not torch.equal(batch["video"][0], batch["video"][1])

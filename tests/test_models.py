@@ -90,3 +90,14 @@ def test_matching_labels_by_hand() -> None:
     labels = matching_labels(torch.tensor([3]), torch.tensor([11]), mask, ext=2)[0].tolist()
     o, b, i, e = OUTSIDE, BEGIN, INSIDE, END
     assert labels == [o, b, b, b, b, b, i, i, i, e, e, e, e, e, o, o]
+
+
+@pytest.mark.parametrize("length", [1, 5, 64])
+def test_conv_taps_equal_the_conv_kernels(length: int) -> None:
+    """The shifted multiply-adds used under torch.compile compute the eager convolution."""
+    from emtm.models.layers import DepthwiseSeparableConv
+
+    torch.manual_seed(0)
+    conv = DepthwiseSeparableConv(16, 7)
+    x = torch.randn(3, length, 16)
+    torch.testing.assert_close(conv.taps(x), conv(x), rtol=1e-5, atol=1e-5)

