@@ -319,3 +319,100 @@ def test_the_cli_alone_never_imports_the_web_stack() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _upload(client: TestClient, name: str) -> dict:
+    response = client.post("/upload", params={"filename": f"{name}.mp4"}, content=name.encode() * 50)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _features_of(features: Path, upload: dict) -> list[Path]:
+    return list(features.glob(upload["upload"].split(".", 1)[0] + "*"))
+
+
+def test_uploads_are_capped_by_count_least_recently_used_first(served: dict, tmp_path: Path) -> None:
+    app = create_app(served["model"], None, Limits(max_upload_cache=2), cache_dir=tmp_path / "cache")
+    app.state.service.extractor = fake_features
+    features, uploads = tmp_path / "cache" / "features", tmp_path / "cache" / "uploads"
+    with TestClient(app) as client:
+        a, b = _upload(client, "a"), _upload(client, "b")
+        assert client.post("/ground", json={"upload": a["upload"], "query": "a red"}).status_code == 200
+        assert len(_features_of(features, a)) == 2  # .npy + .json
+        c = _upload(client, "c")  # a was used after b was uploaded: b is the least recently used
+        assert (a["evicted"], b["evicted"], c["evicted"]) == ([], [], [b["upload"]])
+        gone = client.post("/ground", json={"upload": b["upload"], "query": "a red square"})
+        assert gone.status_code == 404 and "not kept on this server" in gone.json()["detail"]
+        assert "2 most recently used uploads" in gone.json()["detail"]
+        assert client.get(b["url"]).status_code == 404
+        d = _upload(client, "d")
+        assert d["evicted"] == [a["upload"]] and not _features_of(features, a)  # its features went too
+        assert app.state.uploads.names() == [c["upload"], d["upload"]]
+        assert sorted(p.name for p in uploads.iterdir()) == sorted([c["upload"], d["upload"]])
+        assert client.get(d["url"]).content == b"d" * 50
+
+
+def test_uploads_are_capped_by_bytes_with_their_features(served: dict, tmp_path: Path) -> None:
+    # one upload's fake features take 61.6 kB (12 x 1280 float32): two uploads with features exceed 100 kB
+    limits = Limits(max_upload_cache=10, max_upload_cache_bytes=100_000)
+    app = create_app(served["model"], None, limits, cache_dir=tmp_path / "cache")
+    app.state.service.extractor = fake_features
+    features = tmp_path / "cache" / "features"
+    with TestClient(app) as client:
+        a, b = _upload(client, "a"), _upload(client, "b")
+        assert a["evicted"] == b["evicted"] == []  # 200 bytes of video
+        assert client.post("/ground", json={"upload": a["upload"], "query": "a"}).status_code == 200
+        assert app.state.uploads.names() == [b["upload"], a["upload"]]
+        assert client.post("/ground", json={"upload": b["upload"], "query": "a"}).status_code == 200
+        # b's features pushed the total over 100 kB: a, now the least recently used, was evicted
+        assert app.state.uploads.names() == [b["upload"]]
+        assert not _features_of(features, a) and len(_features_of(features, b)) == 2
+        assert app.state.uploads.total_bytes() <= 100_000
+    # an upload over the byte cap on its own stays while it is the most recent one
+    app = create_app(served["model"], None, Limits(max_upload_cache_bytes=1000), cache_dir=tmp_path / "c2")
+    app.state.service.extractor = fake_features
+    with TestClient(app) as client:
+        a = _upload(client, "a")
+        assert client.post("/ground", json={"upload": a["upload"], "query": "a"}).status_code == 200
+        assert app.state.uploads.names() == [a["upload"]] and client.get(a["url"]).status_code == 200
+
+
+def test_uploads_are_deleted_at_shutdown_and_leftovers_at_startup(served: dict, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    app = create_app(served["model"], served["videos"], cache_dir=cache)
+    app.state.service.extractor = fake_features
+    leftover = "0123456789abcdef" * 2
+    (cache / "uploads" / f"{leftover}.mp4").write_bytes(b"from a server that was killed")
+    (cache / "uploads" / ".part-123").write_bytes(b"half an upload")
+    (cache / "features").mkdir(parents=True)
+    (cache / "features" / f"{leftover}0123-abc.npy").write_bytes(b"its features")
+    with TestClient(app) as client:
+        assert not (cache / "uploads" / f"{leftover}.mp4").exists()
+        assert not list((cache / "uploads").iterdir()) and not list((cache / "features").iterdir())
+        up = _upload(client, "x")
+        same = client.post(  # the same bytes as the served one.mp4: the same cached features
+            "/upload", params={"filename": "copy.mp4"}, content=(served["videos"] / "one.mp4").read_bytes()
+        ).json()
+        for request in ({"upload": up["upload"]}, {"upload": same["upload"]}, {"video": "one.mp4"}):
+            assert client.post("/ground", json={**request, "query": "a"}).status_code == 200
+        assert len(list((cache / "features").glob("*.npy"))) == 2
+    assert not (cache / "uploads").exists()
+    assert not _features_of(cache / "features", up)
+    assert len(_features_of(cache / "features", same)) == 2  # still one.mp4's features
+
+
+def test_an_upload_in_use_is_not_evicted(tmp_path: Path) -> None:
+    from emtm.serve.uploads import UploadCache
+
+    root = tmp_path / "uploads"
+    root.mkdir()
+    forgotten: list[str] = []
+    cache = UploadCache(root, max_items=1, max_bytes=10**9, forget=forgotten.append)
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        (root / name).write_bytes(b"x")
+    assert cache.add("a.mp4", "aa") == []
+    cache.pin("a.mp4")  # being extracted
+    assert cache.add("b.mp4", "bb") == [] and cache.names() == ["a.mp4", "b.mp4"]  # over the cap, briefly
+    cache.unpin("a.mp4")
+    assert cache.add("c.mp4", "cc") == ["a.mp4", "b.mp4"] and forgotten == ["aa", "bb"]
+    assert sorted(p.name for p in root.iterdir()) == ["c.mp4"]

@@ -1,4 +1,5 @@
-"""The FastAPI app of `emtm serve`: a JSON API (`POST /ground`, `POST /upload`, `GET /videos`), one page."""
+"""The FastAPI app of `emtm serve`: a JSON API (`POST /ground`, `POST /upload`, `GET /videos`, and for a
+distilled run `GET /examples`), one page."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import asyncio
 import hashlib
 import os
 import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,8 @@ from emtm import __version__
 from emtm.errors import EmtmError
 from emtm.serve.limits import Limits, Refused, check_name, list_videos, resolve_inside
 from emtm.serve.service import GroundingService
+from emtm.serve.teachers import MAX_LISTED, TeacherExamples, TeacherOptions
+from emtm.serve.uploads import UploadCache
 
 STATIC = Path(__file__).parent / "static"
 UPLOADS = "uploads"
@@ -106,6 +111,60 @@ class UploadResponse(BaseModel):
     upload: str
     bytes: int
     url: str
+    evicted: list[str] = Field(description="older uploads deleted to stay within the upload cache's caps")
+
+
+class Span(BaseModel):
+    start: float
+    end: float
+
+
+class ExampleSummary(BaseModel):
+    index: int
+    sample_id: str
+    video_id: str
+    query: str
+    duration: float
+    ground_truth: Span
+
+
+class ExamplesResponse(BaseModel):
+    split: str
+    teachers: list[str]
+    total: int
+    offset: int
+    examples: list[ExampleSummary]
+
+
+class TeacherOut(BaseModel):
+    name: str
+    kau_weights: dict[str, float] = Field(description="the KAU's weight of this teacher for start and end")
+    start: list[float] = Field(description="the teacher's unified start distribution over the clips")
+    end: list[float]
+
+
+class Distributions(BaseModel):
+    start: list[float]
+    end: list[float]
+
+
+class StudentOut(Distributions):
+    moment: Span = Field(description="the student's top-1 moment, seconds")
+
+
+class ExampleResponse(BaseModel):
+    index: int
+    split: str
+    sample_id: str
+    video_id: str
+    query: str
+    duration: float
+    ground_truth: Span
+    n_clips: int
+    times: list[float] = Field(description="clip centres, seconds")
+    teachers: list[TeacherOut]
+    ensemble: Distributions = Field(description="the KAU-weighted mixture of the teachers")
+    student: StudentOut
 
 
 def create_app(
@@ -114,11 +173,14 @@ def create_app(
     limits: Limits | None = None,
     cache_dir: str | Path | None = None,
     device: str = "cpu",
+    teachers: TeacherOptions | None = None,
 ) -> FastAPI:
     """The demo app over the model `model_dir` and the videos directly in `videos_dir` (may be None).
 
     Features extracted from videos are cached by content hash under `cache_dir` (default: a
-    `.emtm-serve-cache` folder beside the model); uploads are kept there too.
+    `.emtm-serve-cache` folder beside the model); uploads are kept in its `uploads/` folder, capped by
+    `limits` (least recently used evicted first) and deleted when the server stops. When `model_dir` is
+    a distilled run, `GET /examples` shows its teachers and KAU weights (`teachers` says where from).
     """
     limits = limits or Limits()
     videos_root = Path(videos_dir).resolve() if videos_dir is not None else None
@@ -130,7 +192,24 @@ def create_app(
     service = GroundingService(model_dir, cache, device=device)
     uploads_root = (cache / UPLOADS).resolve()
     uploads_root.mkdir(parents=True, exist_ok=True)
+    uploads = UploadCache(
+        uploads_root,
+        limits.max_upload_cache,
+        limits.max_upload_cache_bytes,
+        feature_bytes=service.feature_bytes,
+        forget=lambda sha: service.forget(sha, uploads_root),
+    )
+    examples, no_examples = TeacherExamples.open(model_dir, teachers)
     slots = asyncio.Semaphore(limits.max_extract_jobs) if limits.max_extract_jobs > 0 else None
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        uploads.clear()  # files left by a server that did not stop cleanly
+        uploads_root.mkdir(parents=True, exist_ok=True)
+        try:
+            yield
+        finally:
+            uploads.clear(remove_folder=True)
 
     app = FastAPI(
         title="emtm serve",
@@ -138,9 +217,13 @@ def create_app(
         description="Temporal sentence grounding: where in a video does a sentence happen?",
         docs_url=None,  # the Swagger / ReDoc pages load scripts from a CDN; the schema is at /openapi.json
         redoc_url=None,
+        lifespan=lifespan,
     )
     app.state.service = service
     app.state.limits = limits
+    app.state.uploads = uploads
+    app.state.teachers = examples
+    app.state.teachers_off = no_examples
     app.add_middleware(BodyLimit, limits=limits)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -164,7 +247,15 @@ def create_app(
     @app.get("/info")
     async def info() -> dict[str, Any]:
         """The model, what raw video extraction it allows, and the server's limits."""
-        return {**service.info(), "limits": limits.as_dict(), "videos_dir": str(videos_root or "")}
+        teachers = {"available": examples is not None, "reason": no_examples or None}
+        if examples is not None:
+            teachers.update(split=examples.view.split, names=examples.teachers, total=len(examples.view))
+        return {
+            **service.info(),
+            "limits": limits.as_dict(),
+            "videos_dir": str(videos_root or ""),
+            "teachers": teachers,
+        }
 
     @app.get("/videos")
     async def videos() -> dict[str, Any]:
@@ -182,7 +273,20 @@ def create_app(
 
     @app.get("/uploads/{name}", include_in_schema=False)
     async def uploaded(name: str) -> FileResponse:
+        kept(name)
         return FileResponse(resolve_inside(uploads_root, name, "upload"))
+
+    def kept(name: str) -> str:
+        """`name` if it is a kept upload (and mark it as just used), else 404 saying why."""
+        check_name(name, "upload")
+        if not uploads.touch(name):
+            raise Refused(
+                404,
+                f"upload {name!r} is not kept on this server: it keeps the {limits.max_upload_cache} most "
+                f"recently used uploads (at most {limits.max_upload_cache_bytes / 2**20:g} MiB with their "
+                "features) and deletes them when it stops; upload the file again",
+            )
+        return name
 
     @app.post(
         "/upload",
@@ -216,25 +320,34 @@ def create_app(
         finally:
             part.unlink(missing_ok=True)
         service.remember_hash(uploads_root / name, sha)
-        return UploadResponse(upload=name, bytes=size, url=f"/uploads/{name}")
+        evicted = uploads.add(name, sha)
+        return UploadResponse(upload=name, bytes=size, url=f"/uploads/{name}", evicted=evicted)
 
-    async def timed(call: Any, *args: Any, slot: bool = False) -> Any:
+    async def timed(call: Any, *args: Any, slot: bool = False, done: Callable[[], None] | None = None) -> Any:
         """Run `call(*args)` in a worker thread within the request timeout; with `slot`, as one of the
-        limited extraction jobs (429 when all are busy; the slot is held until the thread ends)."""
-        if slot and slots is not None:
-            if slots.locked():
-                raise HTTPException(
-                    429,
-                    f"{limits.max_extract_jobs} video extraction job(s) are already running (the limit); "
-                    "try again shortly",
-                    headers={"Retry-After": "5"},
-                )
-            await slots.acquire()
-        elif slot:
-            raise Refused(503, "video extraction is switched off on this server (--max-extract-jobs 0)")
+        limited extraction jobs (429 when all are busy; the slot is held until the thread ends).
+        `done()` is called once the thread has ended, or at once when the call is refused."""
+        try:
+            if slot and slots is not None:
+                if slots.locked():
+                    raise HTTPException(
+                        429,
+                        f"{limits.max_extract_jobs} video extraction job(s) are already running (the limit); "
+                        "try again shortly",
+                        headers={"Retry-After": "5"},
+                    )
+                await slots.acquire()
+            elif slot:
+                raise Refused(503, "video extraction is switched off on this server (--max-extract-jobs 0)")
+        except BaseException:
+            if done is not None:
+                done()
+            raise
         task = asyncio.ensure_future(run_in_threadpool(call, *args))
         if slot:
             task.add_done_callback(lambda _: slots.release())
+        if done is not None:
+            task.add_done_callback(lambda _: done())
         try:
             return await asyncio.wait_for(asyncio.shield(task), timeout=limits.timeout_s)
         except TimeoutError:
@@ -278,7 +391,7 @@ def create_app(
                 path, source, name, url = resolve_inside(videos_root, req.video), "video", req.video, None
                 url = f"/media/{req.video}"
             else:
-                path = resolve_inside(uploads_root, req.upload, "upload")
+                path = resolve_inside(uploads_root, kept(req.upload), "upload")
                 source, name, url = "upload", req.upload, f"/uploads/{req.upload}"
             key = service.cache_key(path)
             hit = service.cached(key) if key else None
@@ -287,12 +400,49 @@ def create_app(
             else:
                 loop = asyncio.get_running_loop()
                 started = loop.time()
-                features, duration, cached = await timed(service.features_of, path, slot=True)
+                pinned = name if source == "upload" else None  # not evicted while it is extracted
+                if pinned:
+                    uploads.pin(pinned)
+                done = (lambda: uploads.unpin(pinned)) if pinned else None
+                features, duration, cached = await timed(service.features_of, path, slot=True, done=done)
                 timings["extract"] = round(loop.time() - started, 4)
+                if pinned:
+                    uploads.enforce(keep=pinned)  # its features now count towards the caps
         result = await timed(service.ground, features, duration, query, top_k)
         timings["ground"] = result.pop("ground_seconds")
         return GroundResponse(
             query=query, source=source, video=name, media_url=url, cached=cached, seconds=timings, **result
         )
+
+    def teacher_view() -> TeacherExamples:
+        if examples is None:
+            raise Refused(
+                404,
+                f"no teachers and KAU view on this server: {no_examples}. It needs `emtm serve --model RUN` "
+                "with RUN written by `emtm distill` (its teacher caches and data.yaml readable)",
+            )
+        return examples
+
+    @app.get("/examples", response_model=ExamplesResponse)
+    async def list_examples(
+        offset: int = Query(0, ge=0, description="the first example's index"),
+        limit: int = Query(100, ge=1, le=MAX_LISTED, description=f"how many (at most {MAX_LISTED})"),
+    ) -> dict[str, Any]:
+        """A distilled run's training examples (another split with `emtm serve --split`): index, query,
+        ground truth. 404 when the server has no teachers and KAU view."""
+        return teacher_view().listing(offset, limit)
+
+    @app.get("/examples/{index}", response_model=ExampleResponse)
+    async def get_example(index: int) -> dict[str, Any]:
+        """Example `index`: each teacher's unified start/end distributions with its KAU weights, the
+        KAU-weighted ensemble, and the student's distributions and top-1 moment (as `emtm show` draws)."""
+        view = teacher_view()
+        if not 0 <= index < len(view.view):
+            raise Refused(
+                404,
+                f"example {index} does not exist: the {view.view.split} split has {len(view.view)} "
+                f"queries (0-{len(view.view) - 1}); GET /examples lists them",
+            )
+        return await timed(view.example, index)
 
     return app

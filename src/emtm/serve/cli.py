@@ -38,6 +38,25 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-top-k", type=int, default=d.max_top_k)
     p.add_argument("--max-extract-jobs", type=int, default=d.max_extract_jobs, help="concurrent extractions")
     p.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per request")
+    p.add_argument(
+        "--max-upload-cache",
+        type=int,
+        default=d.max_upload_cache,
+        help="uploads kept; the least recently used is deleted first (all are deleted at shutdown)",
+    )
+    p.add_argument(
+        "--max-upload-cache-mb",
+        type=float,
+        default=d.max_upload_cache_bytes / 2**20,
+        help="bytes of kept uploads plus their extracted features",
+    )
+    t = p.add_argument_group("teachers and KAU view (when --model is a run written by `emtm distill`)")
+    t.add_argument(
+        "--teachers", nargs="+", help="caches exported on --split, in the run's order (default: its own)"
+    )
+    t.add_argument("--data", help="data.yaml of the examples (default: the run's)")
+    t.add_argument("--split", default="train", help="the examples' split (default train)")
+    t.add_argument("--no-teachers", action="store_true", help="no teachers and KAU view")
     p.set_defaults(func=cmd_serve)
 
 
@@ -59,6 +78,8 @@ def limits_from(args: argparse.Namespace) -> Any:
         "--max-query-chars": args.max_query_chars,
         "--max-top-k": args.max_top_k,
         "--timeout": args.timeout,
+        "--max-upload-cache": args.max_upload_cache,
+        "--max-upload-cache-mb": args.max_upload_cache_mb,
     }
     for flag, value in values.items():
         if not value > 0:
@@ -72,6 +93,8 @@ def limits_from(args: argparse.Namespace) -> Any:
         max_top_k=args.max_top_k,
         max_extract_jobs=args.max_extract_jobs,
         timeout_s=args.timeout,
+        max_upload_cache=args.max_upload_cache,
+        max_upload_cache_bytes=int(args.max_upload_cache_mb * 2**20),
     )
 
 
@@ -85,6 +108,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from emtm.serve.app import create_app
+        from emtm.serve.teachers import TeacherOptions
     except ImportError as err:
         raise EmtmError(
             f"emtm serve needs the web extra ({err.name} is missing): pip install 'emtm[serve]'"
@@ -92,8 +116,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from emtm.cli import print_table
 
     limits = limits_from(args)
-    app = create_app(args.model, args.videos, limits, cache_dir=args.cache, device=args.device)
-    service = app.state.service
+    teachers = TeacherOptions(
+        enabled=not args.no_teachers,
+        caches=tuple(args.teachers) if args.teachers else None,
+        data=args.data,
+        split=args.split,
+    )
+    app = create_app(
+        args.model, args.videos, limits, cache_dir=args.cache, device=args.device, teachers=teachers
+    )
+    service, examples = app.state.service, app.state.teachers
     extraction = service.info()["extraction"]
     rows = [
         ["model", f"{args.model} ({service.info()['architecture']})"],
@@ -101,6 +133,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ["raw video", f"{extraction['backbone']} at {extraction['fps']:g} fps" if extraction["available"]
          else "refused: model records no feature spec"],
         ["cache", str(service.cache_dir)],
+        ["teachers/KAU", examples.summary() if examples is not None else f"off: {app.state.teachers_off}"],
         *[[k, str(v)] for k, v in limits.as_dict().items()],
         ["page", f"http://{args.host}:{args.port}/"],
     ]  # fmt: skip

@@ -24,6 +24,8 @@ class Limits:
     max_extract_jobs: int = 2  # concurrent feature extractions; more get 429
     timeout_s: float = 120.0  # per request (extraction + grounding); 504 past it
     max_clips: int = 4096  # rows of precomputed features in a request
+    max_upload_cache: int = 20  # uploads kept; the least recently used is deleted first
+    max_upload_cache_bytes: int = 2 * 1024**3  # kept uploads' files plus their extracted features
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

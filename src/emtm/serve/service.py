@@ -124,6 +124,27 @@ class GroundingService:
         stat = path.stat()
         self._hashes[(str(path), stat.st_size, stat.st_mtime_ns)] = sha
 
+    def feature_bytes(self, sha: str) -> int:
+        """Bytes on disk of the cached features of the video whose content hash starts with `sha`."""
+        folder = self.cache_dir / "features"
+        return sum(p.stat().st_size for p in folder.glob(f"{sha[:40]}*") if p.is_file())
+
+    def forget(self, sha: str, owner: Path) -> None:
+        """Drop the video whose content hash starts with `sha` (>= 32 hex digits) from every file under
+        `owner` (an uploads folder): its hashes, and its cached features on disk and in memory, unless a
+        video elsewhere (a served folder) with the same content still uses them."""
+        prefix, owner = sha[:40], owner.resolve()
+        with self._lock:
+            for stat_key in [k for k, v in self._hashes.items() if v.startswith(prefix)]:
+                if Path(stat_key[0]).parent == owner:
+                    del self._hashes[stat_key]
+            if any(v.startswith(prefix) for v in self._hashes.values()):
+                return
+            for key in [k for k in self._memory if k.startswith(prefix)]:
+                del self._memory[key]
+        for path in (self.cache_dir / "features").glob(f"{prefix}*"):
+            path.unlink(missing_ok=True)
+
     def cached(self, key: str) -> tuple[np.ndarray, float] | None:
         """Features and duration from memory or the disk cache, or None."""
         with self._lock:

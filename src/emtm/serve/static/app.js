@@ -50,6 +50,7 @@ async function init() {
     for (const v of listing.videos) $("video-select").append(option("video:" + v.name, v.name, v.url));
     if (!listing.videos.length) setStatus("no videos in the served folder: upload one");
     loadVideo();
+    await initTeachers();
     document.body.dataset.ready = "1";
   } catch (err) {
     setStatus(err.message, true);
@@ -122,25 +123,31 @@ function svgEl(name, attrs) {
   return el;
 }
 
-function drawCurves(result) {
-  const svg = $("curves");
+const MOMENT_FILL = "rgba(255,143,0,0.25)";
+const TRUTH_FILL = "rgba(120,144,156,0.3)";
+
+// Start/end curves over [0, duration] in `svg` (its viewBox gives the size): `c` is {times, start, end},
+// `bands` are shaded spans [{start, end, fill, id?}] (the predicted moment, the ground truth).
+function plotCurves(svg, c, duration, bands) {
   svg.replaceChildren();
-  const W = 640, H = 180, L = 40, R = 10, T = 10, B = 24;
-  const c = result.curves;
+  const W = 640, H = svg.viewBox.baseVal.height || 180, L = 40, R = 10, T = 10, B = 24;
   if (!c) {
     svg.append(svgEl("text", { x: L, y: H / 2 })); svg.lastChild.textContent =
       "this model has no per-clip start/end probabilities";
     return;
   }
   const maxP = Math.max(...c.start, ...c.end, 1e-6);
-  const x = (t) => L + (W - L - R) * t / result.duration;
+  const x = (t) => L + (W - L - R) * t / duration;
   const y = (p) => T + (H - T - B) * (1 - p / maxP);
-  const best = result.moments[0];
-  svg.append(svgEl("rect", { x: x(best.start), y: T, width: Math.max(1, x(best.end) - x(best.start)),
-    height: H - T - B, fill: "rgba(255,143,0,0.25)", id: "curve-moment" }));
+  for (const band of bands) {
+    const rect = svgEl("rect", { x: x(band.start), y: T, width: Math.max(1, x(band.end) - x(band.start)),
+      height: H - T - B, fill: band.fill });
+    if (band.id) rect.id = band.id;
+    svg.append(rect);
+  }
   svg.append(svgEl("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#90a4ae" }));
   svg.append(svgEl("line", { x1: L, y1: T, x2: L, y2: H - B, stroke: "#90a4ae" }));
-  for (const [label, px, py, anchor] of [["0 s", L, H - 6, "start"], [fmt(result.duration) + " s", W - R, H - 6, "end"],
+  for (const [label, px, py, anchor] of [["0 s", L, H - 6, "start"], [fmt(duration) + " s", W - R, H - 6, "end"],
                                          [maxP.toFixed(2), L - 4, T + 8, "end"], ["0", L - 4, H - B, "end"]]) {
     const t = svgEl("text", { x: px, y: py, "text-anchor": anchor, "font-size": 11, fill: "#546e7a" });
     t.textContent = label; svg.append(t);
@@ -148,6 +155,56 @@ function drawCurves(result) {
   for (const [key, colour] of [["start", "#1565c0"], ["end", "#2e7d32"]]) {
     const points = c.times.map((t, i) => `${x(t).toFixed(1)},${y(c[key][i]).toFixed(1)}`).join(" ");
     svg.append(svgEl("polyline", { points, fill: "none", stroke: colour, "stroke-width": 2, class: "curve-" + key }));
+  }
+}
+
+function drawCurves(result) {
+  const best = result.moments[0];
+  plotCurves($("curves"), result.curves, result.duration,
+    [{ start: best.start, end: best.end, fill: MOMENT_FILL, id: "curve-moment" }]);
+}
+
+// "Teachers and KAU": a distilled run's training example (GET /examples/{i}), drawn as the curves above.
+async function showExample(index) {
+  const ex = await api(`/examples/${index}`);
+  const gt = ex.ground_truth, moment = ex.student.moment;
+  $("example-info").textContent = `${ex.sample_id} (video ${ex.video_id}, ${fmt(ex.duration)} s): ` +
+    `“${ex.query}” — ground truth ${fmt(gt.start)}–${fmt(gt.end)} s, student ${fmt(moment.start)}–${fmt(moment.end)} s`;
+  const rows = ex.teachers.map((t) => [`${t.name}: KAU weight ${t.kau_weights.start.toFixed(2)} (start), ` +
+    `${t.kau_weights.end.toFixed(2)} (end)`, t, "teacher"]);
+  rows.push(["KAU ensemble", ex.ensemble, "ensemble"], ["student", ex.student, "student"]);
+  const plots = $("teacher-plots");
+  plots.replaceChildren();
+  for (const [title, dist, kind] of rows) {
+    const heading = document.createElement("h3");
+    heading.textContent = title;
+    const svg = svgEl("svg", { viewBox: "0 0 640 120", class: "teacher-curves", role: "img", "aria-label": title });
+    svg.dataset.kind = kind;
+    plots.append(heading, svg);
+    const bands = [{ ...gt, fill: TRUTH_FILL }];
+    if (kind === "student") bands.push({ ...moment, fill: MOMENT_FILL });
+    plotCurves(svg, { times: ex.times, start: dist.start, end: dist.end }, ex.duration, bands);
+  }
+  $("teachers-panel").dataset.example = String(index);
+}
+
+async function initTeachers() {
+  const panel = $("teachers-panel");
+  let listing;
+  try {
+    listing = await api("/examples?limit=200");
+  } catch (err) {
+    panel.remove(); // no teacher data on this server: no panel
+    if (!err.message.startsWith("404")) setStatus(err.message, true);
+    return;
+  }
+  for (const e of listing.examples) {
+    $("example-select").append(option(String(e.index), `#${e.index} ${e.sample_id}: ${e.query}`, ""));
+  }
+  $("example-select").addEventListener("change", () =>
+    showExample(Number($("example-select").value)).catch((err) => setStatus(err.message, true)));
+  if (listing.examples.length) {
+    await showExample(listing.examples[0].index).catch((err) => setStatus(err.message, true));
   }
 }
 

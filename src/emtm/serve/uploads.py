@@ -1,0 +1,128 @@
+"""The uploads of `emtm serve`: kept under one folder, capped in number and bytes (the video files plus
+their extracted features), least recently used evicted first, and all deleted when the server stops."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+_HASH_NAME = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass
+class Upload:
+    sha: str  # the file's SHA-256 (hex)
+    pins: int = 0  # requests reading the file right now; a pinned upload is never evicted
+
+
+class UploadCache:
+    """At most `max_items` uploads and `max_bytes` (each upload's file + `feature_bytes(sha)`) in `root`.
+
+    `forget(sha)` is called for each evicted upload, to drop its extracted features. The upload just
+    added and uploads in use (`pin`) are never evicted, so the cache may briefly hold more.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        max_items: int,
+        max_bytes: int,
+        feature_bytes: Callable[[str], int] = lambda sha: 0,
+        forget: Callable[[str], None] = lambda sha: None,
+    ):
+        self.root = root
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self.feature_bytes = feature_bytes
+        self.forget = forget
+        self._items: OrderedDict[str, Upload] = OrderedDict()  # least recently used first
+        self._lock = threading.Lock()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def names(self) -> list[str]:
+        """The kept uploads, least recently used first."""
+        with self._lock:
+            return list(self._items)
+
+    def _bytes(self, name: str, upload: Upload) -> int:
+        path = self.root / name
+        size = path.stat().st_size if path.is_file() else 0
+        return size + self.feature_bytes(upload.sha)
+
+    def total_bytes(self) -> int:
+        with self._lock:
+            items = list(self._items.items())
+        return sum(self._bytes(name, upload) for name, upload in items)
+
+    def add(self, name: str, sha: str) -> list[str]:
+        """Keep the upload `name` (a file already in `root`) as the most recent; returns the evicted names."""
+        with self._lock:
+            upload = self._items.pop(name, None) or Upload(sha)
+            self._items[name] = upload
+        return self.enforce(keep=name)
+
+    def touch(self, name: str) -> bool:
+        """Mark `name` as just used; False when it is not (or no longer) kept."""
+        with self._lock:
+            if name not in self._items:
+                return False
+            self._items.move_to_end(name)
+            return True
+
+    def pin(self, name: str) -> None:
+        with self._lock:
+            if name in self._items:
+                self._items[name].pins += 1
+
+    def unpin(self, name: str) -> None:
+        with self._lock:
+            if name in self._items:
+                self._items[name].pins = max(0, self._items[name].pins - 1)
+
+    def enforce(self, keep: str | None = None) -> list[str]:
+        """Evict least recently used uploads (not `keep`, not pinned) until within both caps."""
+        evicted = []
+        with self._lock:
+            sizes = {name: self._bytes(name, upload) for name, upload in self._items.items()}
+            total = sum(sizes.values())
+            for name in list(self._items):
+                if len(self._items) <= self.max_items and total <= self.max_bytes:
+                    break
+                upload = self._items[name]
+                if name == keep or upload.pins:
+                    continue
+                del self._items[name]
+                total -= sizes[name]
+                evicted.append((name, upload.sha))
+        for name, sha in evicted:
+            (self.root / name).unlink(missing_ok=True)
+            self.forget(sha)
+        return [name for name, _ in evicted]
+
+    def clear(self, remove_folder: bool = False) -> int:
+        """Delete every file in `root` (kept uploads, files left by a server that did not stop cleanly,
+        partial uploads) and their features; with `remove_folder`, the folder too. Returns files deleted."""
+        with self._lock:
+            self._items.clear()
+        count = 0
+        if self.root.is_dir():
+            for path in self.root.iterdir():
+                if path.is_file() or path.is_symlink():
+                    stem = path.name.split(".", 1)[0]
+                    if _HASH_NAME.fullmatch(stem):  # an upload is named by its content hash
+                        self.forget(stem)
+                    path.unlink(missing_ok=True)
+                    count += 1
+            if remove_folder:
+                shutil.rmtree(self.root, ignore_errors=True)
+        return count
