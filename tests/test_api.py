@@ -205,3 +205,58 @@ def test_a_distilled_run_gives_its_student(run_dir: Path, tmp_path: Path) -> Non
     assert from_folder.ground(features, query, duration=30.0) == in_memory.ground(
         features, query, duration=30.0
     )
+
+
+# ---------------------------------------------------------------------------------------------- fast path
+def test_reduced_precision_runs_the_model_under_autocast(run_dir: Path, tiny_data: Path) -> None:
+    store = prepare(load_data_config(tiny_data), 0, ("test",)).store
+    features = store.load(store.video_ids()[0])
+    fp32 = Grounder.load(run_dir, device="cpu")
+    bf16 = Grounder.load(run_dir, device="cpu", precision="bf16")
+    assert "bf16" in repr(bf16) and "bf16" not in repr(fp32)
+    video32, video16 = fp32.encode_video(features), bf16.encode_video(features)
+    enc32, enc16 = video32.prepared.encoded, video16.prepared.encoded.float()
+    assert not torch.equal(enc32, enc16)  # the video branch's matmuls and convs ran in bf16 ...
+    torch.testing.assert_close(enc16, enc32, rtol=0.05, atol=0.05)  # ... with bf16's small errors
+    query = "a person opens the door"
+    best32, best16 = video32.ground(query, top_k=1), video16.ground(query, top_k=1)
+    assert 0.0 <= best16.start < best16.end <= video16.duration + 1e-6
+    assert best16.score == pytest.approx(best32.score, rel=0.1, abs=0.02)  # bf16: close, not equal
+    found = bf16.ground_many({"v": features}, [("v", query)], {"v": video16.duration})
+    assert found == [best16]
+
+
+def test_compile_wraps_the_students_entry_points(run_dir: Path, tiny_data: Path, monkeypatch) -> None:
+    import emtm.engine.speed as speed
+
+    compiled = []
+
+    def fake_compile(fn, mode=None, dynamic=None):  # records what would be compiled, runs it as is
+        compiled.append((getattr(fn, "__name__", type(fn).__name__), mode))
+        return fn
+
+    monkeypatch.setattr(speed.torch, "compile", fake_compile)
+    monkeypatch.setattr(
+        torch.nn.Module, "compile", lambda self, **kw: compiled.append(("forward", kw["mode"]))
+    )
+    store = prepare(load_data_config(tiny_data), 0, ("test",)).store
+    features = store.load(store.video_ids()[0])
+    g = Grounder.load(run_dir, device="cpu", compile="reduce-overhead")
+    assert sorted(compiled) == [
+        ("encode_video", "reduce-overhead"),
+        ("forward", "reduce-overhead"),
+        ("ground_encoded", "reduce-overhead"),
+    ]
+    plain = Grounder.load(run_dir, device="cpu")
+    assert g.ground(features, "a man sits down") == plain.ground(features, "a man sits down")
+
+
+def test_fast_path_options_are_checked() -> None:
+    from emtm.engine import speed
+
+    with pytest.raises(EmtmError, match="fp16 needs a CUDA device"):
+        speed.check_precision("fp16", torch.device("cpu"))
+    with pytest.raises(EmtmError, match="choose one of fp32, fp16, bf16"):
+        speed.check_precision("fp8", torch.device("cpu"))
+    with pytest.raises(EmtmError, match="compile mode 'fast': choose one of default, reduce-overhead"):
+        speed.compile_model(torch.nn.Linear(2, 2), "fast")

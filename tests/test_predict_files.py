@@ -184,3 +184,20 @@ def test_a_deeply_nested_line_is_a_clear_error(tmp_path: Path) -> None:
     expected = r"deep.jsonl, line 1: invalid JSON \(arrays/objects nested too deeply\)"
     with pytest.raises(DataError, match=expected):
         list(_records(path))
+
+
+def test_predict_with_reduced_precision(
+    run_dir: Path, preds: Path, tiny_data: Path, tmp_path: Path, capsys
+) -> None:
+    """--precision bf16 writes the same layout, with scores close to fp32's; fp16 needs CUDA."""
+    path = tmp_path / "bf16.jsonl"
+    args = ["predict", "--model", str(run_dir.parent / "model"), "--data", str(tiny_data), "--split", "test"]
+    assert main([*args, "--out", str(path), "--precision", "bf16", "--device", "cpu", "--no-progress"]) == 0
+    fast, exact = read_lines(path), read_lines(preds)
+    assert [r["qid"] for r in fast] == [r["qid"] for r in exact]
+    top = [(r["pred_relevant_windows"][0][2], e["pred_relevant_windows"][0][2]) for r, e in zip(fast, exact)]
+    assert all(abs(a - b) <= 0.05 * b + 0.02 for a, b in top)
+    assert fast != exact  # bf16 is not bit-exact
+    capsys.readouterr()
+    code = main([*args, "--out", str(tmp_path / "x.jsonl"), "--precision", "fp16", "--device", "cpu"])
+    assert code == 2 and "fp16 needs a CUDA device" in capsys.readouterr().err

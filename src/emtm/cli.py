@@ -343,7 +343,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from emtm.api import Grounder
 
-    grounder = Grounder.load(args.model or args.run, device=args.device)
+    grounder = Grounder.load(args.model or args.run, args.device, args.precision, args.compile)
     path = Path(args.features)
     if not path.exists():
         raise EmtmError(f"{path}: features file not found (expected a (T, D) .npy array)")
@@ -373,6 +373,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def predict_split(args: argparse.Namespace) -> int:
     """Every query of a split of --data to a Moment-DETR / Lighthouse JSON-lines file."""
+    from emtm.engine import speed
     from emtm.engine.export import load_model
     from emtm.engine.predictions import predict_file
     from emtm.engine.train import resolve_device
@@ -383,9 +384,13 @@ def predict_split(args: argparse.Namespace) -> int:
         raise EmtmError("--features/--query ground one video; leave them out with --data (a whole split)")
     device = resolve_device(args.device)
     run = load_model(args.model or args.run, device)
-    summary = predict_file(
-        run, args.data, args.split, args.out, device, args.top_k, args.batch_size, not args.no_progress
-    )
+    speed.check_precision(args.precision, device)
+    if args.compile:
+        speed.compile_model(run.model, args.compile)
+    with speed.autocast(args.precision, device):
+        summary = predict_file(
+            run, args.data, args.split, args.out, device, args.top_k, args.batch_size, not args.no_progress
+        )
     print_table(
         f"predictions of {args.model or args.run} on {args.split}",
         ["split", "queries", "videos", "top-k", "file"],
@@ -585,6 +590,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, help="one video: clips between window starts (default: window / 2)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "bf16"],
+        default="fp32",
+        help="autocast for inference (fp16: CUDA only, the fast path measured in docs/BENCHMARKS.md)",
+    )
+    p.add_argument(
+        "--compile",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="torch.compile the model with this mode (each new input shape compiles on its first call)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_predict)
 

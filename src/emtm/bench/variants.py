@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from emtm.engine import speed
 from emtm.errors import ConfigError
 from emtm.models.decode import decode_spans
 from emtm.models.layers import masked_softmax
@@ -154,17 +155,14 @@ class EagerRunner(Runner):
     def __init__(
         self, model: nn.Module, device: torch.device, dtype: str | None = None, compile: str | None = None
     ):
-        self.model, self.device = model, device
-        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype or "")
+        self.model, self.device, self.precision = model, device, dtype or "fp32"
         self.fn: Callable[[Batch], Outputs] = self.infer
         if compile:
             # one specialised graph per input shape (batch 1, the throughput batch): no dynamic shapes
             self.fn = torch.compile(self.infer, mode=None if compile == "default" else compile, dynamic=False)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return speed.autocast(self.precision, self.device)
 
     def infer(self, batch: Batch) -> Outputs:
         with self.autocast():
@@ -198,11 +196,10 @@ class GraphRunner(Runner):
     The outputs are the graph's static tensors, overwritten by the next replay."""
 
     def __init__(self, model: nn.Module, dtype: str | None = None):
-        self.model = model
-        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype or "")
+        self.model, self.precision = model, dtype or "fp32"
 
     def body(self, batch: Batch) -> Outputs:
-        with torch.autocast("cuda", dtype=self.dtype, enabled=self.dtype is not None, cache_enabled=False):
+        with speed.autocast(self.precision, torch.device("cuda"), cache_enabled=False):
             return decode_top1(self.model, self.model(batch), batch)
 
     def prepare(self, batch: Batch) -> tuple[Batch, Batch, Any, Outputs]:
