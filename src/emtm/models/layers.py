@@ -61,7 +61,14 @@ class DepthwiseSeparableConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # (B, L, d)
         if torch.compiler.is_compiling():
             return self.taps(x)
-        return self.pointwise(self.depthwise(x.transpose(1, 2))).transpose(1, 2)
+        # The (B, L, d) sequence seen as a channels-last (B, d, 1, L) image, without a copy: oneDNN's
+        # channels-last depthwise kernel is about 10x faster on the CPU than Conv1d on the transposed
+        # sequence, with the same result; the 1x1 conv is a matmul over d.
+        size = self.depthwise.kernel_size[0]
+        image = x.transpose(1, 2).unsqueeze(2)
+        weight = self.depthwise.weight.unsqueeze(2)
+        mixed = F.conv2d(image, weight, padding=(0, size // 2), groups=weight.shape[0]).squeeze(2)
+        return F.linear(mixed.transpose(1, 2), self.pointwise.weight[:, :, 0], self.pointwise.bias)
 
     def taps(self, x: Tensor) -> Tensor:
         """The same convolution written as shifted multiply-adds over (B, L, d), used under
