@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -112,13 +113,18 @@ def plot(points: list[dict[str, Any]], out: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for p in points:
+    placed: list[tuple[float, float]] = []
+    for p in sorted(points, key=lambda p: -p["r1"]):
         is_student = "student" in p["model"].lower() or "emtm" in p["model"].lower()
         ax.errorbar(
             p["gflops"], p["r1"], yerr=p["std"] or None, fmt="*" if is_student else "o",
             markersize=13 if is_student else 7, color="tab:red" if is_student else "tab:blue", capsize=3,
         )  # fmt: skip
-        ax.annotate(p["model"], (p["gflops"], p["r1"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        # a label right under another one (points of about the same FLOPs and accuracy) goes below its point
+        near = any(abs(math.log10(p["gflops"] / g)) < 0.05 and abs(p["r1"] - r) < 1.5 for g, r in placed)
+        offset = (6, -11) if near else (6, 4)
+        ax.annotate(p["model"], (p["gflops"], p["r1"]), textcoords="offset points", xytext=offset, fontsize=8)
+        placed.append((p["gflops"], p["r1"]))
     ax.set_xscale("log")
     ax.margins(x=0.2, y=0.15)  # room for the labels
     ax.set_xlabel("GFLOPs per query (log scale)")
@@ -145,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
             points += points_from(read_json(path), path)
         bench = read_json(args.bench) if args.bench else None
         fill_gflops(points, bench, args.shape)
+        for point in [p for p in points if p["gflops"] <= 0]:
+            print(f"{point['model']}: R1@0.7 {point['r1']:.2f}, 0 GFLOPs/query: not drawn on the log axis")
+        points = [p for p in points if p["gflops"] > 0]
         plot(points, Path(args.out), args.title)
     except EmtmError as err:
         print(f"plot_accuracy_flops.py: error: {err}", file=sys.stderr)
