@@ -101,3 +101,14 @@ def test_conv_taps_equal_the_conv_kernels(length: int) -> None:
     conv = DepthwiseSeparableConv(16, 7)
     x = torch.randn(3, length, 16)
     torch.testing.assert_close(conv.taps(x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_char_windows_equal_the_char_convolutions() -> None:
+    """The unfolded-window matmul used under torch.compile computes each character convolution."""
+    from emtm.models.layers import CharCNN
+
+    torch.manual_seed(0)
+    cnn = CharCNN(30, 12)
+    x = torch.randn(5, 12, 9)  # (words, char_dim, characters)
+    for conv in cnn.convs:
+        torch.testing.assert_close(CharCNN.windows(conv, x), conv(x), rtol=1e-5, atol=1e-5)
