@@ -27,7 +27,7 @@ from emtm.io import write_json, write_markdown_table
 # name -> (what it changes, model_options overrides); the defaults are KD weight 0.1, T 1, per-sample KAU
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "kd1": ("KD weight 1.0", {"kd_weight": 1.0}),
-    "kd3": ("KD weight 3.2 (the authors' batch-summed 0.1 at batch 32)", {"kd_weight": 3.2}),
+    "kd3": ("KD weight 3.2 (0.1 on a batch-summed KL at batch 32)", {"kd_weight": 3.2}),
     "t3": ("KD weight 1.0, temperature 3", {"kd_weight": 1.0, "temperature": 3.0}),
     "perclip": ("KD weight 1.0, per-clip KAU weights", {"kd_weight": 1.0, "per_clip_weights": True}),
     "align": ("KD weight 1.0, hidden-state alignment loss 0.1", {"kd_weight": 1.0, "align_weight": 0.1}),
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run = Path(args.run)
     if not (run / "report.json").exists() or not (run / "emtm" / "config.json").exists():
-        raise EmtmError(f"{run}: not a finished pipeline run (no report.json or emtm/config.json); run make demo")
+        raise EmtmError(f"{run}: not a finished pipeline run (no report.json or emtm/config.json)")
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
