@@ -1,20 +1,25 @@
 """The paper's distillation variants on the teachers of a finished pipeline run (`make demo`,
-`emtm recipe`, benchmarks/distill.py): KD weight, temperature, per-clip KAU weights, alignment loss.
+`emtm recipe`, benchmarks/distill.py): KD weight, temperature, per-clip KAU weights, alignment loss,
+and more seeds of the student alone and of the run's own EMTM settings.
 
-    python benchmarks/distill_variants.py --run runs/demo                       # every variant
-    python benchmarks/distill_variants.py --run runs/demo --variants kd1,kd3    # some of them
+    python benchmarks/distill_variants.py --run runs/demo                         # every variant, seed 0
+    python benchmarks/distill_variants.py --run runs/demo --variants kd0.1,kd1    # some of them
+    python benchmarks/distill_variants.py --run runs/demo --variants alone,run --seeds 1,2
 
-Each variant trains the EMTM model again from the run's teacher caches, with the run's own data,
-epochs, optimiser and seed, changing only the options named below; then its exported student is
-evaluated on the test split. Resumable: a finished variant is kept. Writes RUN/variants/variants.json
-and variants.md: R1@{0.3,0.5,0.7} and mIoU of each variant next to the run's student alone, its
-EMTM student (the defaults) and its best teacher, and the share of the teacher gap each recovers.
+Each variant trains again from the run's teacher caches, with the run's own data, epochs, optimiser
+and EMTM options, changing only what its entry below names (`alone`: the run's student alone; `run`:
+the run's own EMTM settings); its student is evaluated on the test split. Seed 0 of `alone` and `run`
+are the run's own `student_alone` and `emtm`. Resumable: a finished training is kept. Writes
+RUN/variants/variants.json and variants.md: test R1@{0.3,0.5,0.7} and mIoU (mean and std over the
+seeds run so far), best validation R1@0.7 (what a variant would be chosen on), and the share of the
+gap between the student alone and the best teacher that each recovers.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -24,32 +29,73 @@ from emtm.engine.pipeline import measure, train_step
 from emtm.errors import EmtmError
 from emtm.io import write_json, write_markdown_table
 
-# name -> (what it changes, model_options overrides); the defaults are KD weight 0.1, T 1, per-sample KAU
+# name -> (what it is, EMTM model_options over the run's); absolute settings, whatever the run used
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "alone": ("student alone (no teachers)", {}),
+    "run": ("the run's own EMTM settings", {}),
+    "kd0.1": ("KD weight 0.1 (the method's default)", {"kd_weight": 0.1}),
     "kd1": ("KD weight 1.0", {"kd_weight": 1.0}),
-    "kd3": ("KD weight 3.2 (0.1 on a batch-summed KL at batch 32)", {"kd_weight": 3.2}),
-    "t3": ("KD weight 1.0, temperature 3", {"kd_weight": 1.0, "temperature": 3.0}),
-    "perclip": ("KD weight 1.0, per-clip KAU weights", {"kd_weight": 1.0, "per_clip_weights": True}),
-    "align": ("KD weight 1.0, hidden-state alignment loss 0.1", {"kd_weight": 1.0, "align_weight": 0.1}),
+    "kd3.2": ("KD weight 3.2 (0.1 on a batch-summed KL at batch 32)", {"kd_weight": 3.2}),
+    "t3": ("KD weight 3.2, temperature 3", {"kd_weight": 3.2, "temperature": 3.0}),
+    "perclip": ("KD weight 3.2, per-clip KAU weights", {"kd_weight": 3.2, "per_clip_weights": True}),
+    "align": ("KD weight 3.2, hidden-state alignment 0.1", {"kd_weight": 3.2, "align_weight": 0.1}),
 }
 METRICS = ("r1@0.3", "r1@0.5", "r1@0.7", "miou")
 
 
-def run_variant(run: Path, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    base = json.loads((run / "emtm" / "config.json").read_text())["train"]
-    cfg = TrainConfig(**{**base, "model_options": {**base["model_options"], **overrides}})
-    out = run / "variants" / name
+def run_dir_of(run: Path, name: str, seed: int) -> Path:
+    if seed == 0 and name in ("alone", "run"):
+        return run / ("student_alone" if name == "alone" else "emtm")
+    return run / "variants" / f"{name}-s{seed}"
+
+
+def run_variant(run: Path, name: str, seed: int) -> dict[str, Any]:
+    """Train (or keep) one variant at one seed; its test metrics and best validation R1@0.7."""
+    base_run = run / ("student_alone" if name == "alone" else "emtm")
+    base = json.loads((base_run / "config.json").read_text())["train"]
+    options = {**base["model_options"], **VARIANTS[name][1]}
+    cfg = TrainConfig(**{**base, "model_options": options, "run": {**base["run"], "seed": seed}})
+    out = run_dir_of(run, name, seed)
     train_step(cfg, out)
-    if not (out / "student" / "model.safetensors").exists():
-        export_student(out)
-    metrics, _ = measure(out / "student", Path(cfg.data), cfg.run.device, cfg.run.threads)
-    return {k: metrics[k] for k in (*METRICS, "n_queries")}
+    student = out
+    if name != "alone":
+        student = out / "student"
+        if not (student / "model.safetensors").exists():
+            export_student(out)
+    metrics, _ = measure(student, Path(cfg.data), cfg.run.device, cfg.run.threads)
+    best_val = json.loads((out / "metrics.json").read_text())["best"]["r1@0.7"]
+    return {**{k: metrics[k] for k in (*METRICS, "n_queries")}, "val_r1@0.7": best_val}
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def table(run: Path, results: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[Any]], str]:
+    report = json.loads((run / "report.json").read_text())
+    teachers = {k: v for k, v in report.items() if k.startswith("teacher: ")}
+    best_name, best = max(teachers.items(), key=lambda item: item[1]["r1@0.7"])
+    alone = [r["r1@0.7"] for r in results.get("alone", {}).values()] or [report["student alone"]["r1@0.7"]]
+    gap = best["r1@0.7"] - statistics.mean(alone)
+    rows: list[list[Any]] = [[best_name, "-", "0", *(f"{best[k]:.2f}" for k in METRICS), "-", "-"]]
+    for name, by_seed in results.items():
+        seeds = sorted(by_seed, key=int)
+        cols = [mean_std([by_seed[s][k] for s in seeds]) for k in (*METRICS, "val_r1@0.7")]
+        share = (statistics.mean(by_seed[s]["r1@0.7"] for s in seeds) - statistics.mean(alone)) / gap
+        rows.append([name, VARIANTS[name][0], ",".join(seeds), *cols, f"{share:.0%}" if gap > 0 else "-"])
+    columns = ["variant", "what", "seeds", *METRICS, "best val R1@0.7", "share of the gap recovered"]
+    n = report["EMTM student"]["n_queries"]
+    title = f"{run}: test split, {n} queries; R1@0.7 gap {gap:.2f} ({best_name} vs the student alone)"
+    return columns, rows, title
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", default="runs/demo", help="a finished pipeline run (has report.json, emtm/)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
+    parser.add_argument("--seeds", default="0", help="comma list of seeds, e.g. 0,1,2")
     args = parser.parse_args(argv)
     run = Path(args.run)
     if not (run / "report.json").exists() or not (run / "emtm" / "config.json").exists():
@@ -58,27 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         raise EmtmError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
-    report = json.loads((run / "report.json").read_text())
-    results_path = run / "variants" / "variants.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    for name in names:
-        print(f"== variant {name}: {VARIANTS[name][0]}", flush=True)
-        results[name] = {"changes": VARIANTS[name][0], **run_variant(run, name, VARIANTS[name][1])}
-        write_json(results_path, results)
-    teachers = {k: v for k, v in report.items() if k.startswith("teacher: ")}
-    best_name, best = max(teachers.items(), key=lambda item: item[1]["r1@0.7"])
-    alone = report["student alone"]["r1@0.7"]
-    gap = best["r1@0.7"] - alone
-    rows = [[best_name, "-", *(best[k] for k in METRICS), "-"]]
-    rows.append(["student alone", "-", *(report["student alone"][k] for k in METRICS), "0%"])
-    defaults = report["EMTM student"]
-    entries = [("EMTM student", "defaults (KD weight 0.1, T 1)", defaults)]
-    entries += [(f"EMTM {n}", r["changes"], r) for n, r in results.items()]
-    for label, changes, metrics in entries:
-        share = f"{(metrics['r1@0.7'] - alone) / gap:.0%}" if gap > 0 else "-"
-        rows.append([label, changes, *(metrics[k] for k in METRICS), share])
-    columns = ["model", "changes", *METRICS, "share of the R1@0.7 gap recovered"]
-    title = f"{run}: test split, {defaults['n_queries']} queries; gap {gap:.2f} R1@0.7 ({best_name})"
+    seeds = [int(s) for s in args.seeds.split(",")]
+    path = run / "variants" / "variants.json"
+    for seed in seeds:
+        for name in names:
+            print(f"== {name} (seed {seed}): {VARIANTS[name][0]}", flush=True)
+            result = run_variant(run, name, seed)
+            results = json.loads(path.read_text()) if path.exists() else {}  # re-read: runs may share it
+            results.setdefault(name, {})[str(seed)] = result
+            write_json(path, results)
+    columns, rows, title = table(run, json.loads(path.read_text()))
     write_markdown_table(run / "variants" / "variants.md", columns, rows, title)
     print((run / "variants" / "variants.md").read_text())
     return 0
