@@ -133,3 +133,24 @@ def test_ablation_rows_are_numbered_as_in_the_paper() -> None:
     for bad in ("1,x", "0,8"):
         with pytest.raises(EmtmError, match="--rows"):
             parse_rows(bad)
+
+
+def test_ablation_takes_emtm_options_and_refuses_to_mix_them(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    data, run, cache = str(tiny_data), tmp_path / "regress", str(tmp_path / "regress.h5")
+    train = ["train", "--data", data, "--model", "regress", "--out", str(run), *FAST[2:], "--epochs", "1"]
+    assert main([*train, *SMALL[:2]]) == 0
+    assert main(["teachers", "export", "--run", str(run), "--data", data, "--out", cache]) == 0
+    out = tmp_path / "ablation"
+    args = ["ablate", "--data", data, "--teachers", cache, "--out", str(out), "--seeds", "1", "--epochs", "1"]
+    args += ["--rows", "5", "--device", "cpu"]
+    assert main([*args, "--emtm-option", "kd_weight=3.2", "--emtm-option", "temperature=2"]) == 0
+    state = json.loads((out / "ablation.json").read_text())
+    assert state["emtm_options"] == {"kd_weight": 3.2, "temperature": 2}
+    (config,) = out.glob("*/seed0/config.json")
+    options = json.loads(config.read_text())["train"]["model_options"]
+    assert options["kd_weight"] == 3.2 and options["temperature"] == 2 and options["n_teachers"] == 1
+    capsys.readouterr()
+    assert main([*args, "--emtm-option", "kd_weight=0.1"]) == 2  # the same folder, other options
+    assert "holds rows distilled with EMTM options" in capsys.readouterr().err
+    assert main([*args, "--emtm-option", "kd_wieght=1"]) == 2
+    assert "kd_wieght" in capsys.readouterr().err

@@ -219,11 +219,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
+    from emtm.config import apply_overrides
     from emtm.engine.ablate import SUMMARY_COLUMNS, parse_rows, run_ablation, summary_rows
 
     state = run_ablation(
         Path(args.data), args.teachers, Path(args.out), args.seeds, args.epochs, args.lr, args.device,
-        parse_rows(args.rows),
+        parse_rows(args.rows), apply_overrides({}, args.emtm_option, "--emtm-option", "kd_weight=3.2"),
     )  # fmt: skip
     print_table(
         f"ablation, test split, {args.seeds} seed(s), mean ± std", SUMMARY_COLUMNS, summary_rows(state)
@@ -506,6 +507,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=20, help="epochs per run")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.add_argument(
+        "--emtm-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an EMTM model option for every distilled row, e.g. kd_weight=3.2 (repeat)",
+    )
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser(

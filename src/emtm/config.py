@@ -148,17 +148,19 @@ def validate(cls: type[T], raw: dict[str, Any], source: str) -> T:
         raise ConfigError(f"{source}: {problems}") from None
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def apply_overrides(
+    raw: dict[str, Any], overrides: list[str], flag: str = "--set", example: str = "optim.lr=1e-3"
+) -> dict[str, Any]:
     """Apply `a.b.c=value` strings (value parsed as YAML) onto a nested dict."""
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set optim.lr=1e-3")
+            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} {example}")
         node = raw
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+                raise ConfigError(f"{flag} {item!r}: {part!r} is not a section")
         node[parts[-1]] = yaml.safe_load(value)
     return raw

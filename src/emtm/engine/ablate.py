@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from emtm.bench.flops import count_parameters, flops_per_query
-from emtm.config import TrainConfig
+from emtm.config import TrainConfig, validate
 from emtm.data.dataset import split_dataset
+from emtm.distill.model import EMTMConfig
 from emtm.engine.checkpoint import load_run
 from emtm.engine.evaluate import evaluate
 from emtm.engine.train import resolve_device, train
@@ -62,11 +63,23 @@ def run_ablation(
     lr: float = 1e-3,
     device: str = "auto",
     rows: set[int] | None = None,
+    emtm_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate every ablation row (or only the row numbers in `rows`) over `seeds` seeds."""
+    """Train and evaluate every ablation row (or only the row numbers in `rows`) over `seeds` seeds.
+
+    `emtm_options` (e.g. {"kd_weight": 3.2}) apply to every distilled row, under the row's own options.
+    """
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "ablation.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {"rows": {}}
+    emtm_options = dict(emtm_options or {})
+    validate(EMTMConfig, emtm_options, "--emtm-option")  # a bad option fails before any training
+    if state["rows"] and state.get("emtm_options", {}) != emtm_options:
+        raise EmtmError(
+            f"{state_path} holds rows distilled with EMTM options {state.get('emtm_options', {})}, not "
+            f"{emtm_options}: use another --out, or the same options to resume"
+        )
+    state["emtm_options"] = emtm_options
     dev = resolve_device(device)
     for row in ablation_rows([str(Path(t).resolve()) for t in teachers]):
         if rows and row.group not in rows:
@@ -76,7 +89,8 @@ def run_ablation(
             if str(seed) in results["seeds"]:
                 continue
             run_dir = out / slug(row.name) / f"seed{seed}"
-            options = {**row.options, **({"n_teachers": len(row.teachers)} if row.model == "emtm" else {})}
+            extra = {**emtm_options, **row.options, "n_teachers": len(row.teachers)}
+            options = extra if row.model == "emtm" else dict(row.options)
             cfg = TrainConfig(
                 data=str(Path(data).resolve()),
                 model=row.model,
