@@ -80,7 +80,7 @@ def table(run: Path, results: dict[str, dict[str, Any]]) -> tuple[list[str], lis
     alone = [r["r1@0.7"] for r in results.get("alone", {}).values()] or [report["student alone"]["r1@0.7"]]
     gap = best["r1@0.7"] - statistics.mean(alone)
     rows: list[list[Any]] = [[best_name, "-", "0", *(f"{best[k]:.2f}" for k in METRICS), "-", "-"]]
-    for name, by_seed in results.items():
+    for name, by_seed in sorted(results.items(), key=lambda item: list(VARIANTS).index(item[0])):
         seeds = sorted(by_seed, key=int)
         cols = [mean_std([by_seed[s][k] for s in seeds]) for k in (*METRICS, "val_r1@0.7")]
         share = (statistics.mean(by_seed[s]["r1@0.7"] for s in seeds) - statistics.mean(alone)) / gap
