@@ -14,12 +14,7 @@ docs/VIDEO.md shows this output. With `--screenshot PNG` it also serves the stud
 from __future__ import annotations
 
 import argparse
-import os
 import platform
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +24,7 @@ from emtm import Grounder
 from emtm.extract import build_backbone, extract_videos
 from emtm.extract.e2e import run_shapes_check
 from emtm.extract.shapes import ShapeEvent, write_video
+from emtm.serve import child
 
 # The clip: 11 s, events at times chosen here (not drawn from the training distribution's seed).
 DURATION = 11.0
@@ -90,28 +86,13 @@ def main() -> None:
 
 def screenshot(out: Path, png: Path, chromium: str, query: str) -> None:
     """`emtm serve` the student and the clip (H.264, which chromium plays), ground `query` on the page."""
-    import httpx
     from playwright.sync_api import sync_playwright
 
     videos = out / "serve_videos"
     write_video(videos / "clip.mp4", EVENTS, DURATION, size=96, fps=10, codec="libx264")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "emtm", "serve", "--model", str(out / "student"), "--videos", str(videos),
-           "--cache", str(out / "serve_cache"), "--port", str(port)]  # fmt: skip
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(url + "/info", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("emtm serve did not start") from None
-                time.sleep(0.2)
+    args = ["--model", str(out / "student"), "--videos", str(videos), "--cache", str(out / "serve_cache")]
+    with child.serving(args, out / "serve.log", wait_s=90, threads=1) as served:
+        url = served.url
         with sync_playwright() as pw:
             browser = pw.chromium.launch_persistent_context(
                 str(out / "chromium-profile"), executable_path=chromium, headless=True,
@@ -137,9 +118,6 @@ def screenshot(out: Path, png: Path, chromium: str, query: str) -> None:
                 print(f"{png}: the page, {query!r} -> {page.inner_text('#best')}")
             finally:
                 browser.close()
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 if __name__ == "__main__":

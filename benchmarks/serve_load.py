@@ -28,8 +28,6 @@ import json
 import math
 import os
 import platform
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,7 +40,7 @@ from emtm.bench.device import cpu_model
 from emtm.engine.export import write_random_model
 from emtm.errors import EmtmError
 from emtm.io import atomic_open, write_json
-from emtm.serve import loadtest
+from emtm.serve import child, loadtest
 
 COLOURS = ("red", "green", "blue")
 SHAPES = ("square", "circle", "triangle")
@@ -112,35 +110,6 @@ def load_bodies(videos: list[str], distinct: int, features_share: float, seed: i
     return bodies
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(cmd: list[str], url: str, log: Path, wait_s: float = 120.0) -> subprocess.Popen:
-    """Start `emtm serve` and wait until GET /info answers; EmtmError with its log when it does not."""
-    handle = log.open("w")
-    proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT)
-    handle.close()
-    deadline = time.monotonic() + wait_s
-    while loadtest.request(url, "GET", "/info", timeout=2).status != 200:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_server(proc)
-            raise EmtmError(f"emtm serve did not start within {wait_s:g} s: {log.read_text()[-2000:]}")
-        time.sleep(0.2)
-    return proc
-
-
-def stop_server(proc: subprocess.Popen) -> int | None:
-    proc.terminate()
-    try:
-        return proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
-
-
 def same_moments(moments: list[Any], reference: list[dict[str, float]]) -> bool:
     """The same windows, and scores equal to float rounding: a process with another CPU thread count
     sums in another order (the server and this process need not have the same count)."""
@@ -202,18 +171,15 @@ def run(
     load_videos = write_videos(videos_dir, "load", n_videos, seed, duration=12.0)
     burst_videos = write_videos(videos_dir, "burst", burst, seed + 1, duration=30.0)
     bodies = load_bodies(load_videos, distinct, features_share, seed)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     cache = out / "cache"
     for old in (cache / "features").glob("*") if cache.is_dir() else ():
         old.unlink()  # a rerun extracts again, so that the burst meets uncached videos
-    cmd = [sys.executable, "-m", "emtm", "serve", "--model", str(model), "--videos", str(videos_dir),
-           "--cache", str(cache), "--port", str(port), *(serve_flags or [])]  # fmt: skip
-    say(f"starting emtm serve on {url}")
+    args = ["--model", str(model), "--videos", str(videos_dir), "--cache", str(cache), *(serve_flags or [])]
+    say("starting emtm serve")
     started = time.perf_counter()
-    proc = start_server(cmd, url, out / "serve.log")
-    report: dict[str, Any] = {"machine": machine(), "command": " ".join(sys.argv), "url": url}
-    try:
+    report: dict[str, Any] = {"machine": machine(), "command": " ".join(sys.argv)}
+    with child.serving(args, out / "serve.log") as served:
+        url = report["url"] = served.url
         report["startup_seconds"] = round(time.perf_counter() - started, 2)
         info = loadtest.get_json(url, "/info")
         report["limits"] = info["limits"]
@@ -239,8 +205,7 @@ def run(
         report["extraction_burst"] = extraction_burst(url, burst_videos, info)
         say("[4/4] the same requests again after the limits")
         report["after"] = loadtest.run_load(url, bodies, references, clients, len(bodies), max_seconds)
-    finally:
-        report["server_exit"] = stop_server(proc)
+    report["server_exit"] = served.exit_code
     log = (out / "serve.log").read_text(errors="replace")
     report["server_log_tracebacks"] = log.count("Traceback")
     write_json(out / "serve_load.json", report)

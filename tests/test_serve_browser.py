@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,45 +45,15 @@ def require_browser() -> None:
             pytest.fail(f"python package {module} missing: pip install -c constraints.txt -e '.[dev]'")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def serving(tmp_path: Path, args: list[str]) -> Iterator[str]:
     """`emtm serve ARGS --cache TMP/cache` on a free loopback port; yields its URL. On exit it is stopped
     with SIGTERM, and its uploads folder must be gone (the app's shutdown deletes it)."""
-    port = free_port()
-    log = (tmp_path / "serve.log").open("w")
-    cmd = [sys.executable, "-m", "emtm", "serve", *args, "--cache", str(tmp_path / "cache")]
-    cmd += ["--port", str(port)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    import httpx
+    from emtm.serve import child
 
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(url + "/info", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"emtm serve did not start: {(tmp_path / 'serve.log').read_text()}")
-        time.sleep(0.2)
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    args = [*args, "--cache", str(tmp_path / "cache")]
+    with child.serving(args, tmp_path / "serve.log", wait_s=90, threads=1) as served:
+        yield served.url
     assert (tmp_path / "cache").is_dir() and not (tmp_path / "cache" / "uploads").exists()
 
 

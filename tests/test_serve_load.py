@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -76,16 +75,12 @@ def test_many_clients_each_get_their_own_answer_and_limits_get_their_status(tmp_
     assert "| load | 4 | 40 | 40 | 0 | 0 | 0 |" in table and "cores, OMP_NUM_THREADS=" in table
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def uvicorn_thread(app: object) -> Iterator[str]:
     """The app served by uvicorn on a free loopback port in a thread of this process."""
     import uvicorn
+
+    from emtm.serve.child import free_port
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
