@@ -102,7 +102,7 @@ def main() -> None:
     if args.seeds:
         caches = [str(out / "pipeline" / "caches" / f"{name}.h5") for name in plan.teachers]
         picked = parse_rows(args.rows)
-        state = run_ablation(
+        state, _ = run_ablation(
             yaml_path, caches, out / "ablation", args.seeds, args.epochs, args.lr, args.device, rows=picked,
             emtm_options={"kd_weight": args.kd_weight, "temperature": args.temperature},
         )  # fmt: skip

@@ -154,3 +154,30 @@ def test_ablation_takes_emtm_options_and_refuses_to_mix_them(tiny_data: Path, tm
     assert "holds rows distilled with EMTM options" in capsys.readouterr().err
     assert main([*args, "--emtm-option", "kd_wieght=1"]) == 2
     assert "kd_wieght" in capsys.readouterr().err
+
+
+def test_ablation_processes_share_a_folder(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    """A (row, seed) locked by another process is left to it; results written meanwhile are merged."""
+    from emtm.engine.ablate import claim, locked_state
+
+    out = tmp_path / "ablation"
+    args = ["ablate", "--data", str(tiny_data), "--teachers", "x.h5", "--out", str(out), "--seeds", "2"]
+    args += ["--epochs", "1", "--rows", "1", "--device", "cpu"]
+    out.mkdir()
+    with locked_state(out) as state:  # another process finished a row of its own in this folder
+        metrics = {"r1@0.3": 3.0, "r1@0.5": 2.0, "r1@0.7": 1.0, "miou": 4.0}
+        state["rows"]["elsewhere"] = {"seeds": {"0": metrics}, "params": 1, "gflops": 1.0}
+    with claim(out / "student-alone" / "seed1") as mine:  # another process is training seed 1
+        assert mine
+        assert main(args) == 0
+        printed = capsys.readouterr().out
+        assert "1 run(s) were being trained by another emtm ablate process" in printed
+        assert "student alone, seed 1" in printed
+    state = json.loads((out / "ablation.json").read_text())
+    assert list(state["rows"]["student alone"]["seeds"]) == ["0"]
+    assert state["rows"]["elsewhere"]["seeds"]["0"]["r1@0.7"] == 1.0
+    assert not (out / "student-alone" / "seed1").exists()
+    assert main(args) == 0  # the lock is free again: seed 1 is trained now, seed 0 is kept
+    assert "another emtm ablate process" not in capsys.readouterr().out
+    state = json.loads((out / "ablation.json").read_text())
+    assert sorted(state["rows"]["student alone"]["seeds"]) == ["0", "1"]

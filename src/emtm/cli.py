@@ -222,7 +222,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from emtm.config import apply_overrides
     from emtm.engine.ablate import SUMMARY_COLUMNS, parse_rows, run_ablation, summary_rows
 
-    state = run_ablation(
+    state, elsewhere = run_ablation(
         Path(args.data), args.teachers, Path(args.out), args.seeds, args.epochs, args.lr, args.device,
         parse_rows(args.rows), apply_overrides({}, args.emtm_option, "--emtm-option", "kd_weight=3.2"),
     )  # fmt: skip
@@ -230,6 +230,11 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         f"ablation, test split, {args.seeds} seed(s), mean ± std", SUMMARY_COLUMNS, summary_rows(state)
     )
     print(f"wrote {Path(args.out) / 'ablation.md'} and ablation.json (finished rows are kept on re-run)")
+    if elsewhere:
+        print(
+            f"{len(elsewhere)} run(s) were being trained by another emtm ablate process on this folder "
+            f"({'; '.join(elsewhere)}): run this command again once it is done for the full table"
+        )
     return 0
 
 
@@ -494,7 +499,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_teachers)
 
-    p = sub.add_parser("ablate", help="the paper's ablation table over seeds (resumable)")
+    p = sub.add_parser(
+        "ablate",
+        help="the paper's ablation table over seeds (resumable; run the same command in several "
+        "processes to train rows in parallel)",
+    )
     p.add_argument("--data", required=True, help="data.yaml")
     p.add_argument("--teachers", nargs="+", required=True, help="teacher caches (.h5)")
     p.add_argument("--out", default="runs/ablation", help="folder for runs, ablation.json and ablation.md")

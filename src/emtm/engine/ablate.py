@@ -2,13 +2,18 @@
 
 Rows: 1 student alone; 2 student + each single teacher; 3 + the mean of the teachers; 4 + KAU; 5 + KAU
 and the shared encoder (full EMTM); 6 full EMTM with 1..K teachers; 7 full EMTM with d in {32, 64, 128}.
-Resumable: every finished (row, seed) is stored in ablation.json and never recomputed.
+Resumable: every finished (row, seed) is stored in ablation.json and never recomputed. Parallel: any
+number of `emtm ablate` processes may share one --out folder; each (row, seed) is trained by whichever
+process locks it first (an OS file lock, released if that process dies), and every result is merged
+into ablation.json under a lock.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,50 +69,88 @@ def run_ablation(
     device: str = "auto",
     rows: set[int] | None = None,
     emtm_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], list[str]]:
     """Train and evaluate every ablation row (or only the row numbers in `rows`) over `seeds` seeds.
 
     `emtm_options` (e.g. {"kd_weight": 3.2}) apply to every distilled row, under the row's own options.
+    Returns the merged state of ablation.json and the runs left to other processes still training them.
     """
     out.mkdir(parents=True, exist_ok=True)
-    state_path = out / "ablation.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {"rows": {}}
     emtm_options = dict(emtm_options or {})
     validate(EMTMConfig, emtm_options, "--emtm-option")  # a bad option fails before any training
-    if state["rows"] and state.get("emtm_options", {}) != emtm_options:
-        raise EmtmError(
-            f"{state_path} holds rows distilled with EMTM options {state.get('emtm_options', {})}, not "
-            f"{emtm_options}: use another --out, or the same options to resume"
-        )
-    state["emtm_options"] = emtm_options
+    with locked_state(out) as state:
+        if state["rows"] and state.get("emtm_options", {}) != emtm_options:
+            raise EmtmError(
+                f"{out / 'ablation.json'} holds rows distilled with EMTM options "
+                f"{state.get('emtm_options', {})}, not {emtm_options}: use another --out, or the same "
+                "options to resume"
+            )
+        state["emtm_options"] = emtm_options
     dev = resolve_device(device)
+    elsewhere = []
     for row in ablation_rows([str(Path(t).resolve()) for t in teachers]):
         if rows and row.group not in rows:
             continue
-        results = state["rows"].setdefault(row.name, {"seeds": {}})
         for seed in range(seeds):
-            if str(seed) in results["seeds"]:
-                continue
             run_dir = out / slug(row.name) / f"seed{seed}"
-            extra = {**emtm_options, **row.options, "n_teachers": len(row.teachers)}
-            options = extra if row.model == "emtm" else dict(row.options)
-            cfg = TrainConfig(
-                data=str(Path(data).resolve()),
-                model=row.model,
-                model_options=options,
-                teachers=row.teachers,
-                optim={"epochs": epochs, "lr": lr},
-                run={"seed": seed, "device": device, "progress": False},
-            )
-            train(cfg, run_dir)
-            run = load_run(run_dir, device=dev)
-            test = split_dataset(cfg.data, "test", run.vocab, seed)
-            results["seeds"][str(seed)] = evaluate(run.model, test, run.cfg.eval, dev, batch_size=128)
-            results["params"] = count_student_params(run)  # inference runs the student path only
-            results["gflops"] = flops_per_query(run.model, run.spec.to_spec(), run.spec.max_video_len) / 1e9
-            write_json(state_path, state)
-    write_report(out, state)
-    return state
+            with claim(run_dir) as mine:
+                if not mine:
+                    elsewhere.append(f"{row.name}, seed {seed}")
+                    continue
+                if str(seed) in read_state(out)["rows"].get(row.name, {}).get("seeds", {}):
+                    continue
+                extra = {**emtm_options, **row.options, "n_teachers": len(row.teachers)}
+                cfg = TrainConfig(
+                    data=str(Path(data).resolve()),
+                    model=row.model,
+                    model_options=extra if row.model == "emtm" else dict(row.options),
+                    teachers=row.teachers,
+                    optim={"epochs": epochs, "lr": lr},
+                    run={"seed": seed, "device": device, "progress": False},
+                )
+                train(cfg, run_dir)
+                run = load_run(run_dir, device=dev)
+                test = split_dataset(cfg.data, "test", run.vocab, seed)
+                metrics = evaluate(run.model, test, run.cfg.eval, dev, batch_size=128)
+                with locked_state(out) as state:
+                    results = state["rows"].setdefault(row.name, {"seeds": {}})
+                    results["seeds"][str(seed)] = metrics
+                    results["params"] = count_student_params(run)  # inference runs the student path only
+                    gflops = flops_per_query(run.model, run.spec.to_spec(), run.spec.max_video_len)
+                    results["gflops"] = gflops / 1e9
+    with locked_state(out) as state:
+        write_report(out, state)
+    return state, elsewhere
+
+
+def read_state(out: Path) -> dict[str, Any]:
+    path = out / "ablation.json"
+    return json.loads(path.read_text()) if path.exists() else {"rows": {}}
+
+
+@contextmanager
+def locked_state(out: Path) -> Iterator[dict[str, Any]]:
+    """ablation.json read and written back under an exclusive lock, shared by every process."""
+    with open(out / "ablation.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = read_state(out)
+        before = json.dumps(state, sort_keys=True)
+        yield state
+        if json.dumps(state, sort_keys=True) != before:
+            write_json(out / "ablation.json", state)
+
+
+@contextmanager
+def claim(run_dir: Path) -> Iterator[bool]:
+    """True while this process holds the run's lock; False if another process is training it."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(run_dir.parent / f"{run_dir.name}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
 
 
 def parse_rows(text: str | None) -> set[int] | None:
