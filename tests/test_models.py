@@ -112,3 +112,22 @@ def test_char_windows_equal_the_char_convolutions() -> None:
     x = torch.randn(5, 12, 9)  # (words, char_dim, characters)
     for conv in cnn.convs:
         torch.testing.assert_close(CharCNN.windows(conv, x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["student", "seqpan"])
+def test_inference_writes_in_place_with_the_same_bits(name: str) -> None:
+    """Without autograd, residual sums and padding masks are written into fresh outputs (layers.py
+    add_residual, zero_padding_); with autograd they are not. Both give the same bits, and the
+    in-place writes never touch a tensor a backward pass reads."""
+    torch.manual_seed(0)
+    model = build_model(name, model_config(name), SPEC).eval()
+    batch = collate([make_item(7, 3, seed=1), make_item(25, 9, seed=2)])
+    with torch.inference_mode():
+        fast = model(batch)
+    graph = model(batch)
+    for key in fast:
+        assert torch.equal(fast[key], graph[key]), key
+    model.train()
+    loss, _ = model.loss(model(batch), batch)
+    loss.backward()  # autograd refuses a backward through a tensor modified in place after saving it
+    assert all(p.grad is not None for p in model.head.parameters() if p.requires_grad)

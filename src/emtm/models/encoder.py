@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from emtm.models.base import DataSpec
-from emtm.models.layers import CharCNN, ConvBlock, PositionalEmbedding, WordEmbedding, masked_fill_padding
+from emtm.models.layers import CharCNN, ConvBlock, PositionalEmbedding, WordEmbedding, zero_padding_
 
 
 @dataclass
@@ -44,7 +44,7 @@ class GroundingEncoder(nn.Module):
         return self.shared(self.video_proj(video), video_mask)
 
     def shared(self, x: Tensor, mask: Tensor) -> Tensor:
-        return self.conv(masked_fill_padding(self.pos(x), mask), mask)
+        return self.conv(zero_padding_(self.pos(x), mask), mask)
 
     def forward(self, batch: dict[str, Tensor]) -> Encoded:
         return Encoded(

@@ -19,6 +19,21 @@ def masked_fill_padding(x: Tensor, mask: Tensor) -> Tensor:
     return x * mask.unsqueeze(-1).to(x.dtype)
 
 
+def zero_padding_(x: Tensor, mask: Tensor) -> Tensor:
+    """`masked_fill_padding` in place, for a fresh tensor (the output of a linear, an addition or a
+    product) that nothing else holds and no backward reads: one allocation fewer, the same bits."""
+    return x.mul_(mask.unsqueeze(-1).to(x.dtype))
+
+
+def add_residual(x: Tensor, update: Tensor) -> Tensor:
+    """`x + update`. Without autograd (inference) the sum is written into `update`, a fresh tensor
+    the caller no longer needs: one allocation fewer per residual, and the same bits (IEEE addition
+    is commutative)."""
+    if torch.is_grad_enabled():
+        return x + update
+    return update.add_(x)
+
+
 def masked_softmax(logits: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
     """Softmax with padded positions at exactly zero probability."""
     return torch.softmax(logits.masked_fill(~mask, NEG_INF), dim=dim)
@@ -95,10 +110,13 @@ class ConvBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        keep = mask.unsqueeze(-1).to(x.dtype)
         for norm, conv in zip(self.norms, self.convs):
-            h = masked_fill_padding(norm(x), mask)
-            x = x + self.dropout(F.relu(conv(h)))
-        return masked_fill_padding(x, mask)
+            # in place on fresh outputs whose backward does not read them (LayerNorm, the pointwise
+            # linear): the same maths as masked_fill_padding and F.relu, fewer passes over memory
+            h = norm(x).mul_(keep)
+            x = add_residual(x, self.dropout(F.relu(conv(h), inplace=True)))
+        return x * keep
 
 
 class SelfAttentionBlock(nn.Module):
@@ -109,13 +127,13 @@ class SelfAttentionBlock(nn.Module):
         self.norm1 = nn.LayerNorm(d)
         self.attn = nn.MultiheadAttention(d, n_heads, dropout=dropout, batch_first=True)
         self.norm2 = nn.LayerNorm(d)
-        self.ffn = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d, d))
+        self.ffn = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(d, d))
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        x = x + self.dropout(self.self_attention(self.norm1(x), mask))
-        x = x + self.dropout(self.ffn(self.norm2(x)))
-        return masked_fill_padding(x, mask)
+        x = add_residual(x, self.dropout(self.self_attention(self.norm1(x), mask)))
+        x = add_residual(x, self.dropout(self.ffn(self.norm2(x))))
+        return zero_padding_(x, mask)
 
     def self_attention(self, h: Tensor, mask: Tensor) -> Tensor:
         """nn.MultiheadAttention's maths with its own weights, run by F.scaled_dot_product_attention:
@@ -139,7 +157,7 @@ class FeatureEncoder(nn.Module):
         self.attn = SelfAttentionBlock(d, n_heads, dropout)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        x = self.conv(masked_fill_padding(self.pos(x), mask), mask)
+        x = self.conv(zero_padding_(self.pos(x), mask), mask)
         return self.attn(x, mask)
 
 
@@ -212,7 +230,7 @@ class ContextQueryAttention(nn.Module):
         c2q = c2q_attn @ query
         q2c = (c2q_attn @ q2c_attn.transpose(1, 2)) @ context
         fused = self.out(torch.cat([context, c2q, context * c2q, context * q2c], -1))
-        return masked_fill_padding(fused, c_mask)
+        return zero_padding_(fused, c_mask)
 
 
 class WeightedPool(nn.Module):
@@ -237,7 +255,7 @@ class QueryConcat(nn.Module):
 
     def forward(self, video: Tensor, query: Tensor, v_mask: Tensor, q_mask: Tensor) -> Tensor:
         pooled = self.pool(query, q_mask).unsqueeze(1).expand_as(video)
-        return masked_fill_padding(self.out(torch.cat([video, pooled], -1)), v_mask)
+        return zero_padding_(self.out(torch.cat([video, pooled], -1)), v_mask)
 
 
 class SequenceMatching(nn.Module):
@@ -252,7 +270,7 @@ class SequenceMatching(nn.Module):
     def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         logits = self.classifier(x)
         soft_labels = torch.softmax(logits, -1) @ self.label_embeddings
-        return masked_fill_padding(x + soft_labels, mask), logits
+        return zero_padding_(x + soft_labels, mask), logits
 
 
 class ConditionedPredictor(nn.Module):

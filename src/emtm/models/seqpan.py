@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from emtm.models.base import DataSpec, ModelConfig
 from emtm.models.encoder import GroundingEncoder
-from emtm.models.layers import masked_fill_padding
+from emtm.models.layers import add_residual, zero_padding_
 from emtm.models.registry import register
 from emtm.models.student import SpanHead, SpanModel
 
@@ -80,7 +80,7 @@ class DualMultiheadAttention(nn.Module):
         c = self.cross_out(merge_heads(attend(q, k_cross, v_cross, key_mask(other_mask), self.attn_dropout)))
         gated = torch.sigmoid(self.self_gate(s)) * c + torch.sigmoid(self.cross_gate(c)) * s  # cross-gating
         both = torch.cat([x, self.guided(gated)], -1)
-        return masked_fill_padding(torch.sigmoid(self.gate_scores(both)) * self.gate_values(both), x_mask)
+        return zero_padding_(torch.sigmoid(self.gate_scores(both)) * self.gate_values(both), x_mask)
 
 
 class DualAttentionBlock(nn.Module):
@@ -96,14 +96,14 @@ class DualAttentionBlock(nn.Module):
         self.attn = DualMultiheadAttention(d, n_heads, dropout)
         self.dense = nn.Linear(d, d)
         self.norm_ffn = nn.LayerNorm(d)
-        self.ffn = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d, d))
+        self.ffn = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(d, d))
         self.dropout = nn.Dropout(dropout)
 
     def update(self, x: Tensor, other: Tensor, x_mask: Tensor, other_mask: Tensor) -> Tensor:
         h = self.attn(self.norm_x(x), self.norm_other(other), x_mask, other_mask)
-        x = x + self.dropout(self.dense(h))
-        x = x + self.dropout(self.ffn(self.norm_ffn(x)))
-        return masked_fill_padding(x, x_mask)
+        x = add_residual(x, self.dropout(self.dense(h)))
+        x = add_residual(x, self.dropout(self.ffn(self.norm_ffn(x))))
+        return zero_padding_(x, x_mask)
 
     def forward(self, video: Tensor, query: Tensor, v_mask: Tensor, q_mask: Tensor) -> tuple[Tensor, Tensor]:
         return self.update(video, query, v_mask, q_mask), self.update(query, video, q_mask, v_mask)
