@@ -76,3 +76,21 @@ def test_loaded_run_matches_the_trained_model(tiny_data: Path, tmp_path: Path) -
     run = load_run(tmp_path / "run")
     assert run.cfg.model == "student" and run.model.n_trainable > 0
     assert not run.model.training
+
+
+def test_a_thread_count_applies_to_its_call_only(tiny_data: Path, tmp_path: Path) -> None:
+    """train() and pipeline.measure() run at the configured thread count and restore the caller's."""
+    from emtm.engine.pipeline import measure
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cfg = config(tiny_data, "prior", epochs=1)
+        cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"threads": 1})})
+        seen = []
+        train(cfg, tmp_path / "prior", on_epoch_end=lambda epoch, row: seen.append(torch.get_num_threads()))
+        assert seen == [1] and torch.get_num_threads() == 2
+        measure(tmp_path / "prior", tiny_data, "cpu", threads=1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from emtm.bench.device import num_threads
 from emtm.config import OptimConfig, TrainConfig
 from emtm.data import synth
 from emtm.data.dataset import split_dataset
@@ -56,35 +57,34 @@ def compare_models(
     from emtm.cli import print_table
 
     dev = resolve_device(device)
-    if threads:
-        torch.set_num_threads(threads)
     results: dict[str, Any] = {"data": str(yaml_path), "device": device_name(dev), "seed": seed, "models": {}}
-    for name, settings in models.items():
-        print(f"\n== {name}: training {settings['epochs']} epoch(s) on {results['device']}")
-        cfg = TrainConfig(
-            data=str(Path(yaml_path).resolve()),
-            model=name,
-            model_options=settings.get("options", {}),
-            optim={"epochs": settings["epochs"], "lr": settings.get("lr", 5e-4)},
-            run={
-                "device": device,
-                "seed": seed,
-                "num_workers": settings.get("workers", 0),
-                "threads": threads,
-            },
-        )
-        started = time.perf_counter()
-        train(cfg, out / name)
-        seconds = time.perf_counter() - started
-        run = load_run(out / name, device=dev)
-        test_set = split_dataset(cfg.data, "test", run.vocab, seed)
-        metrics = evaluate(run.model, test_set, run.cfg.eval, dev, batch_size=128)
-        results["models"][name] = {
-            **metrics,
-            "epochs": settings["epochs"],
-            "train_seconds": round(seconds, 1),
-            "params": run.model.n_trainable,
-        }
+    with num_threads(threads):  # restored afterwards
+        for name, settings in models.items():
+            print(f"\n== {name}: training {settings['epochs']} epoch(s) on {results['device']}")
+            cfg = TrainConfig(
+                data=str(Path(yaml_path).resolve()),
+                model=name,
+                model_options=settings.get("options", {}),
+                optim={"epochs": settings["epochs"], "lr": settings.get("lr", 5e-4)},
+                run={
+                    "device": device,
+                    "seed": seed,
+                    "num_workers": settings.get("workers", 0),
+                    "threads": threads,
+                },
+            )
+            started = time.perf_counter()
+            train(cfg, out / name)
+            seconds = time.perf_counter() - started
+            run = load_run(out / name, device=dev)
+            test_set = split_dataset(cfg.data, "test", run.vocab, seed)
+            metrics = evaluate(run.model, test_set, run.cfg.eval, dev, batch_size=128)
+            results["models"][name] = {
+                **metrics,
+                "epochs": settings["epochs"],
+                "train_seconds": round(seconds, 1),
+                "params": run.model.n_trainable,
+            }
     columns = ["model", *TABLE_METRICS, "params", "epochs", "train s"]
     rows = [
         [name, *[m[k] for k in TABLE_METRICS], m["params"], m["epochs"], m["train_seconds"]]

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from emtm.bench.device import cpu_model
+from emtm.bench.device import cpu_model, num_threads
 
 # Dense bf16 tensor-core peak and memory bandwidth (nominal; typical measured copy bandwidth).
 GPUS: dict[str, dict[str, float]] = {
@@ -68,9 +68,7 @@ def cpu_peak_estimate(threads: int) -> dict[str, Any]:
 
 def measure_matmul_flops(threads: int, n: int = 2048, dtype: torch.dtype = torch.float32) -> float:
     """Best FLOP/s of an n x n matmul over 5 tries at `threads` threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with num_threads(threads):
         a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
         a @ b
         best = float("inf")
@@ -78,8 +76,6 @@ def measure_matmul_flops(threads: int, n: int = 2048, dtype: torch.dtype = torch
             started = time.perf_counter()
             a @ b
             best = min(best, time.perf_counter() - started)
-    finally:
-        torch.set_num_threads(before)
     return 2 * n**3 / best
 
 

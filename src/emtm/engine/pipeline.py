@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from emtm.bench.device import num_threads
 from emtm.bench.flops import flops_per_query
 from emtm.config import OptimConfig, TrainConfig
 from emtm.data.dataset import GroundingDataset, split_dataset
@@ -137,10 +138,13 @@ def top1_iou(preds: SplitPredictions) -> np.ndarray:
 def measure(
     run_dir: Path, data_yaml: Path, device: str, threads: int | None = None
 ) -> tuple[dict[str, Any], SplitPredictions]:
-    """Test metrics (batched), FLOPs and params of the inference model, and batch-1 latency."""
-    dev = resolve_device(device)
-    if threads:
-        torch.set_num_threads(threads)
+    """Test metrics (batched), FLOPs and params of the inference model, and batch-1 latency at
+    `threads` intra-op threads (None: as they are); the thread count is restored afterwards."""
+    with num_threads(threads):
+        return _measure(run_dir, data_yaml, resolve_device(device))
+
+
+def _measure(run_dir: Path, data_yaml: Path, dev: torch.device) -> tuple[dict[str, Any], SplitPredictions]:
     run = load_run(run_dir, device=dev)
     test = split_dataset(data_yaml, "test", run.vocab, run.cfg.run.seed)
     preds = predict_dataset(run.model, test, run.cfg.eval, dev, batch_size=128)

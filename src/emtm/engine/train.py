@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from emtm.bench.device import num_threads
 from emtm.config import TrainConfig, load_data_config
 from emtm.data.dataset import GroundingDataset, Prepared, collate, prepare
 from emtm.data.text import Vocab, load_word_vectors
@@ -155,13 +156,12 @@ def train(
     (WORLD_SIZE > 1) this trains with DistributedDataParallel; every rank returns the same summary.
     SIGINT/SIGTERM save a checkpoint and raise `TrainingStopped`.
     """
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    ctx = distributed.setup(resolve_device(cfg.run.device), cfg.run.dist_timeout_s)
-    try:
-        return Trainer(cfg, Path(run_dir), ctx, resume).run(on_epoch_end)
-    finally:
-        ctx.close()
+    with num_threads(cfg.run.threads):  # restored afterwards
+        ctx = distributed.setup(resolve_device(cfg.run.device), cfg.run.dist_timeout_s)
+        try:
+            return Trainer(cfg, Path(run_dir), ctx, resume).run(on_epoch_end)
+        finally:
+            ctx.close()
 
 
 @dataclass
