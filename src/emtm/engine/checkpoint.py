@@ -177,17 +177,21 @@ def distilled_student(run: LoadedRun) -> LoadedRun:
 
 
 def export_student(run_dir: Path, out: Path | None = None) -> Path:
-    """Write a plain `student` run (config, vocab, weights) from a distilled EMTM run: no teacher, no KAU."""
+    """Write a plain `student` run (config, vocab, weights) from a distilled EMTM run: no teacher, no KAU.
+
+    Every file is written atomically, the weights last, so an interrupted export never leaves a file
+    half written, and a folder without model.safetensors is an unfinished export."""
     import shutil
 
     run = distilled_student(load_run(run_dir))
     out = out or run_dir / "student"
     out.mkdir(parents=True, exist_ok=True)
     write_run_config(out, run.cfg, run.spec, {"distilled_from": str(run_dir)})
-    shutil.copyfile(run_dir / "vocab.json", out / "vocab.json")
+    for name in ("vocab.json", "metrics.json"):
+        if (run_dir / name).exists():
+            with atomic_path(out / name) as tmp:
+                shutil.copyfile(run_dir / name, tmp)
     save_weights(run.model, out / "model.safetensors")
-    if (run_dir / "metrics.json").exists():
-        shutil.copyfile(run_dir / "metrics.json", out / "metrics.json")
     return out
 
 
