@@ -948,7 +948,7 @@ IMPORT_CASES = [
         "jsonl-outputs-not-utf8",
         raw_file("regression", b"\xff\n", "out.jsonl"),
         DataError,
-        ("{tmp}/out.jsonl", "cannot read as UTF-8 text"),
+        ("{tmp}/out.jsonl", "not UTF-8 text"),
     ),
     Case(
         "jsonl-outputs-syntax",
@@ -960,7 +960,7 @@ IMPORT_CASES = [
         "jsonl-outputs-not-an-object",
         proposals("[]"),
         DataError,
-        ("{tmp}/out.jsonl, line 3", "expected one JSON object per line"),
+        ("{tmp}/out.jsonl, line 3", "expected a JSON object per line"),
     ),
     Case(
         "jsonl-outputs-missing-key",

@@ -270,15 +270,7 @@ def _read_jsonl(path: Path, report: ReadReport) -> list[Sample]:
     """
     samples: list[Sample] = []
     first_line: dict[str, int] = {}
-    for lineno, line in _text_lines(path):
-        try:
-            record = json.loads(line, object_pairs_hook=_no_duplicate_keys)
-        except _DuplicateKeyError as exc:
-            raise DataError(f"duplicate key {exc.key!r} in the JSON object", path, lineno) from None
-        except (ValueError, RecursionError) as exc:
-            raise DataError(f"invalid JSON ({json_problem(exc)})", path, lineno) from None
-        if not isinstance(record, dict):
-            raise DataError(f"expected a JSON object per line, got {_kind(record)}", path, lineno)
+    for lineno, record in json_lines(path):
         for key in ("qid", "query", "vid", "duration", "relevant_windows"):
             if key not in record:
                 raise DataError(f"missing key {key!r}", path, lineno)
@@ -379,6 +371,21 @@ def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
         line = line.rstrip("\r")
         if line.strip():
             yield lineno, line
+
+
+def json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(1-based line number, object) per non-blank line of a JSON-lines file. Text that is not UTF-8,
+    a line that is not valid JSON, repeats a key or is not an object is a DataError naming the line."""
+    for lineno, line in _text_lines(path):
+        try:
+            record = json.loads(line, object_pairs_hook=_no_duplicate_keys)
+        except _DuplicateKeyError as exc:
+            raise DataError(f"duplicate key {exc.key!r} in the JSON object", path, lineno) from None
+        except (ValueError, RecursionError) as exc:  # syntax, a huge integer, or deep nesting
+            raise DataError(f"invalid JSON ({json_problem(exc)})", path, lineno) from None
+        if not isinstance(record, dict):
+            raise DataError(f"expected a JSON object per line, got {_kind(record)}", path, lineno)
+        yield lineno, record
 
 
 class _DuplicateKeyError(Exception):

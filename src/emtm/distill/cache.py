@@ -65,7 +65,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from emtm.config import DataConfig, load_data_config
-from emtm.data.annotations import annotation_hash, json_problem, short_repr
+from emtm.data.annotations import annotation_hash, json_lines, short_repr
 from emtm.data.dataset import GroundingDataset, collate, prepare
 from emtm.data.features import NPY_READ_ERRORS, FeatureStore
 from emtm.data.records import Sample
@@ -650,19 +650,7 @@ def _read_jsonl(
 ) -> Iterator[tuple[int, Sample, dict[str, Any]]]:
     """(line number, sample, record) per non-blank line; each sample_id known and unique."""
     first_line: dict[str, int] = {}
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read as UTF-8 text ({exc})", path) from None
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except (ValueError, RecursionError) as exc:
-            raise DataError(f"invalid JSON ({json_problem(exc)})", path, lineno) from None
-        if not isinstance(record, dict):
-            raise DataError("expected one JSON object per line", path, lineno)
+    for lineno, record in json_lines(path):
         for key in ("sample_id", "unit", *keys):
             if key not in record:
                 raise DataError(f"missing key {key!r}", path, lineno)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from emtm.config import DataConfig, load_data_config
-from emtm.data.annotations import json_problem
+from emtm.data.annotations import json_lines
 from emtm.data.dataset import filter_missing, load_splits, split_dataset
 from emtm.data.features import open_feature_store
 from emtm.data.records import Sample
@@ -159,19 +159,7 @@ def read_predictions(
 def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     if not path.is_file():
         raise DataError("prediction file not found (write one with emtm predict --out)", path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DataError(f"not UTF-8 text (byte offset {err.start})", path) from None
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except (ValueError, RecursionError) as err:  # syntax, a huge integer, or deep nesting
-            raise DataError(f"invalid JSON ({json_problem(err)})", path, lineno) from None
-        if not isinstance(record, dict):
-            raise DataError("expected one JSON object per line", path, lineno)
+    for lineno, record in json_lines(path):
         for key in ("qid", "pred_relevant_windows"):
             if key not in record:
                 raise DataError(
