@@ -78,7 +78,17 @@ def train_seconds(run_dir: Path) -> float:
 def run_pipeline(
     plan: Plan, data_yaml: Path, out: Path, device: str = "auto", seed: int = 0, threads: int | None = None
 ) -> dict[str, Any]:
-    """Train and evaluate every model of the plan; returns {table name: measurements} (also report.json)."""
+    """Train and evaluate every model of the plan; returns {table name: measurements} (also report.json).
+
+    Every step (training, teacher export, evaluation) runs at `threads` intra-op threads (None: as
+    they are); the caller's count is restored afterwards."""
+    with num_threads(threads):
+        return _run_pipeline(plan, data_yaml, out, device, seed, threads)
+
+
+def _run_pipeline(
+    plan: Plan, data_yaml: Path, out: Path, device: str, seed: int, threads: int | None
+) -> dict[str, Any]:
     run: dict[str, Any] = {"device": device, "seed": seed, "threads": threads}
 
     def config(stage: Stage, teachers: list[str] | None = None, extra: dict[str, Any] | None = None):
