@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import threading
 from pathlib import Path
 
@@ -155,7 +156,7 @@ def test_upload_then_ground_and_the_upload_limit(served: dict) -> None:
 
     streamed = client.post("/upload", params={"filename": "big.mp4"}, content=chunks())
     assert streamed.status_code == 413 and "limit of 1000 bytes" in streamed.json()["detail"]
-    assert not list((served["root"] / "cache" / "uploads").glob(".part-*"))  # nothing half-written is left
+    assert not list((served["root"] / "cache" / "uploads").rglob(".part-*"))  # nothing half-written is left
     for name in ("../x.mp4", "a\nb.mp4", "clip.exe", "x" * 300 + ".mp4"):
         refused = client.post("/upload", params={"filename": name}, content=b"abc")
         assert refused.status_code == 400, (name, refused.text)
@@ -334,7 +335,7 @@ def _features_of(features: Path, upload: dict) -> list[Path]:
 def test_uploads_are_capped_by_count_least_recently_used_first(served: dict, tmp_path: Path) -> None:
     app = create_app(served["model"], None, Limits(max_upload_cache=2), cache_dir=tmp_path / "cache")
     app.state.service.extractor = fake_features
-    features, uploads = tmp_path / "cache" / "features", tmp_path / "cache" / "uploads"
+    features, uploads = tmp_path / "cache" / "features", app.state.uploads.root
     with TestClient(app) as client:
         a, b = _upload(client, "a"), _upload(client, "b")
         assert client.post("/ground", json={"upload": a["upload"], "query": "a red"}).status_code == 200
@@ -378,17 +379,29 @@ def test_uploads_are_capped_by_bytes_with_their_features(served: dict, tmp_path:
 
 
 def test_uploads_are_deleted_at_shutdown_and_leftovers_at_startup(served: dict, tmp_path: Path) -> None:
+    import fcntl
+
     cache = tmp_path / "cache"
-    app = create_app(served["model"], served["videos"], cache_dir=cache)
-    app.state.service.extractor = fake_features
     leftover = "0123456789abcdef" * 2
-    (cache / "uploads" / f"{leftover}.mp4").write_bytes(b"from a server that was killed")
-    (cache / "uploads" / ".part-123").write_bytes(b"half an upload")
+    dead, live = cache / "uploads" / "111-dead", cache / "uploads" / "222-live"  # two other servers' folders
+    for folder in (dead, live):
+        folder.mkdir(parents=True)
+        (folder / f"{leftover}.mp4").write_bytes(b"an upload")
+    (cache / "uploads" / "111-dead.lock").write_text("")  # its server was killed: the lock is free
+    held = open(cache / "uploads" / "222-live.lock", "w")  # noqa: SIM115 - a running server holds it
+    fcntl.flock(held, fcntl.LOCK_EX)
+    (cache / "uploads" / f"{leftover}.mp4").write_bytes(b"older layout, from a server that was killed")
     (cache / "features").mkdir(parents=True)
     (cache / "features" / f"{leftover}0123-abc.npy").write_bytes(b"its features")
+    app = create_app(served["model"], served["videos"], cache_dir=cache)
+    app.state.service.extractor = fake_features
     with TestClient(app) as client:
-        assert not (cache / "uploads" / f"{leftover}.mp4").exists()
-        assert not list((cache / "uploads").iterdir()) and not list((cache / "features").iterdir())
+        own = app.state.uploads.root
+        assert sorted(p.name for p in (cache / "uploads").iterdir()) == sorted(
+            [own.name, own.name + ".lock", "222-live", "222-live.lock"]
+        )
+        assert not list(own.iterdir()) and (live / f"{leftover}.mp4").exists()  # a running server's kept
+        assert not list((cache / "features").iterdir())
         up = _upload(client, "x")
         same = client.post(  # the same bytes as the served one.mp4: the same cached features
             "/upload", params={"filename": "copy.mp4"}, content=(served["videos"] / "one.mp4").read_bytes()
@@ -396,9 +409,15 @@ def test_uploads_are_deleted_at_shutdown_and_leftovers_at_startup(served: dict, 
         for request in ({"upload": up["upload"]}, {"upload": same["upload"]}, {"video": "one.mp4"}):
             assert client.post("/ground", json={**request, "query": "a"}).status_code == 200
         assert len(list((cache / "features").glob("*.npy"))) == 2
-    assert not (cache / "uploads").exists()
+    assert sorted(p.name for p in (cache / "uploads").iterdir()) == ["222-live", "222-live.lock"]
     assert not _features_of(cache / "features", up)
     assert len(_features_of(cache / "features", same)) == 2  # still one.mp4's features
+    held.close()
+    shutil.rmtree(live)
+    (cache / "uploads" / "222-live.lock").unlink()
+    with TestClient(create_app(served["model"], served["videos"], cache_dir=cache)):
+        pass
+    assert not (cache / "uploads").exists()  # the last server to stop removes uploads/
 
 
 def test_an_upload_in_use_is_not_evicted(tmp_path: Path) -> None:
@@ -416,3 +435,24 @@ def test_an_upload_in_use_is_not_evicted(tmp_path: Path) -> None:
     cache.unpin("a.mp4")
     assert cache.add("c.mp4", "cc") == ["a.mp4", "b.mp4"] and forgotten == ["aa", "bb"]
     assert sorted(p.name for p in root.iterdir()) == ["c.mp4"]
+
+
+def test_two_servers_can_share_a_cache(served: dict, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = create_app(served["model"], None, cache_dir=cache)
+    first.state.service.extractor = fake_features
+    with TestClient(first) as client:
+        up = _upload(client, "a")
+        second = create_app(served["model"], None, cache_dir=cache)  # starts while the first is serving
+        with TestClient(second):
+            assert client.get(up["url"]).content == b"a" * 50
+            assert client.post("/ground", json={"upload": up["upload"], "query": "a"}).status_code == 200
+        assert client.get(up["url"]).content == b"a" * 50  # and after the second stopped
+
+
+def test_the_start_up_table_shows_byte_limits_as_the_flags_take_them() -> None:
+    from emtm.serve.cli import readable
+
+    assert readable("max_upload_bytes", 200 * 2**20) == "200 MiB"
+    assert readable("max_body_bytes", 64 * 2**10) == "64 KiB"
+    assert readable("max_upload_cache", 20) == "20"

@@ -25,7 +25,7 @@ from emtm.errors import EmtmError
 from emtm.serve.limits import Limits, Refused, check_name, list_videos, resolve_inside
 from emtm.serve.service import GroundingService
 from emtm.serve.teachers import MAX_LISTED, TeacherExamples, TeacherOptions
-from emtm.serve.uploads import UploadCache
+from emtm.serve.uploads import UploadCache, UploadSession
 
 STATIC = Path(__file__).parent / "static"
 UPLOADS = "uploads"
@@ -178,7 +178,8 @@ def create_app(
     """The demo app over the model `model_dir` and the videos directly in `videos_dir` (may be None).
 
     Features extracted from videos are cached by content hash under `cache_dir` (default: a
-    `.emtm-serve-cache` folder beside the model); uploads are kept in its `uploads/` folder, capped by
+    `.emtm-serve-cache` folder beside the model); uploads are kept in a folder of this server's own
+    under its `uploads/` (servers may share a cache), capped by
     `limits` (least recently used evicted first) and deleted when the server stops. When `model_dir` is
     a distilled run, `GET /examples` shows its teachers and KAU weights (`teachers` says where from).
     """
@@ -190,8 +191,9 @@ def create_app(
         Path(cache_dir) if cache_dir is not None else Path(model_dir).resolve().parent / ".emtm-serve-cache"
     )
     service = GroundingService(model_dir, cache, device=device)
-    uploads_root = (cache / UPLOADS).resolve()
-    uploads_root.mkdir(parents=True, exist_ok=True)
+    session = UploadSession((cache / UPLOADS).resolve(), lambda folder, sha: service.forget(sha, folder))
+    uploads_root = session.root
+    session.open()  # locks this server's folder; deletes what servers that did not stop cleanly left
     uploads = UploadCache(
         uploads_root,
         limits.max_upload_cache,
@@ -204,12 +206,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        uploads.clear()  # files left by a server that did not stop cleanly
-        uploads_root.mkdir(parents=True, exist_ok=True)
+        if not session.is_open:  # an app served again after a shutdown
+            session.open()
         try:
             yield
         finally:
             uploads.clear(remove_folder=True)
+            session.close()
 
     app = FastAPI(
         title="emtm serve",

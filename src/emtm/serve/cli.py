@@ -69,6 +69,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def readable(name: str, value: object) -> str:
+    """A limit for the start-up table: byte counts in KiB/MiB, as the flags take them."""
+    if name.endswith("_bytes") and isinstance(value, int):
+        return f"{value / 2**20:g} MiB" if value >= 2**20 else f"{value / 2**10:g} KiB"
+    return str(value)
+
+
 def limits_from(args: argparse.Namespace) -> Any:
     from emtm.serve.limits import Limits
 
@@ -134,7 +141,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
          else "refused: model records no feature spec"],
         ["cache", str(service.cache_dir)],
         ["teachers/KAU", examples.summary() if examples is not None else f"off: {app.state.teachers_off}"],
-        *[[k, str(v)] for k, v in limits.as_dict().items()],
+        *[[k, readable(k, v)] for k, v in limits.as_dict().items()],
         ["page", f"http://{args.host}:{args.port}/"],
     ]  # fmt: skip
     print_table("emtm serve", ["setting", "value"], rows)

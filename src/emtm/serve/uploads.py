@@ -1,11 +1,18 @@
 """The uploads of `emtm serve`: kept under one folder, capped in number and bytes (the video files plus
-their extracted features), least recently used evicted first, and all deleted when the server stops."""
+their extracted features), least recently used evicted first, and all deleted when the server stops.
+
+Each server keeps its uploads in a folder of its own under the cache's `uploads/` (`UploadSession`),
+locked for the server's life, so servers that share one cache never delete each other's uploads."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import re
 import shutil
 import threading
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,15 +121,74 @@ class UploadCache:
         partial uploads) and their features; with `remove_folder`, the folder too. Returns files deleted."""
         with self._lock:
             self._items.clear()
-        count = 0
-        if self.root.is_dir():
-            for path in self.root.iterdir():
-                if path.is_file() or path.is_symlink():
-                    stem = path.name.split(".", 1)[0]
-                    if _HASH_NAME.fullmatch(stem):  # an upload is named by its content hash
-                        self.forget(stem)
-                    path.unlink(missing_ok=True)
-                    count += 1
-            if remove_folder:
-                shutil.rmtree(self.root, ignore_errors=True)
-        return count
+        return delete_uploads(self.root, self.forget, remove_folder)
+
+
+def delete_uploads(root: Path, forget: Callable[[str], None], remove_folder: bool = False) -> int:
+    """Delete the files in `root` (calling `forget(hash)` for each upload) and, optionally, `root`."""
+    count = 0
+    if root.is_dir():
+        for path in root.iterdir():
+            if path.is_file() or path.is_symlink():
+                stem = path.name.split(".", 1)[0]
+                if _HASH_NAME.fullmatch(stem):  # an upload is named by its content hash
+                    forget(stem)
+                path.unlink(missing_ok=True)
+                count += 1
+        if remove_folder:
+            shutil.rmtree(root, ignore_errors=True)
+    return count
+
+
+class UploadSession:
+    """This server's uploads folder, `parent/<pid>-<random>`, with an OS file lock on
+    `parent/<pid>-<random>.lock` held from `open()` to `close()`.
+
+    `open()` also deletes what servers that stopped without cleaning up left behind: folders whose lock
+    is free (the OS releases it when a process dies), and loose files of older versions; folders of
+    running servers are left alone. `forget(folder, hash)` drops an upload's features.
+    """
+
+    def __init__(self, parent: Path, forget: Callable[[Path, str], None] = lambda folder, sha: None):
+        self.parent = parent
+        self.root = parent / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.forget = forget
+        self._lock_file = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._lock_file is not None
+
+    def open(self) -> int:
+        """Lock and create this server's folder; returns the number of leftover files deleted."""
+        self.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.root.with_name(self.root.name + ".lock"), "w")  # noqa: SIM115
+        fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+        self.root.mkdir(exist_ok=True)
+        removed = 0
+        for entry in self.parent.iterdir():
+            if entry == self.root or entry.name.endswith(".lock"):
+                continue
+            if not entry.is_dir():  # a loose file: the layout of older versions, or a stray
+                removed += 1
+                entry.unlink(missing_ok=True)
+                continue
+            lock = entry.with_name(entry.name + ".lock")
+            with open(lock, "a") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a running server's folder
+                removed += delete_uploads(entry, lambda sha, e=entry: self.forget(e, sha), remove_folder=True)
+                lock.unlink(missing_ok=True)
+        return removed
+
+    def close(self) -> None:
+        """Delete this server's folder and lock, and `uploads/` itself when no other server uses it."""
+        shutil.rmtree(self.root, ignore_errors=True)
+        if self._lock_file is not None:
+            Path(self._lock_file.name).unlink(missing_ok=True)
+            self._lock_file.close()
+            self._lock_file = None
+        with contextlib.suppress(OSError):  # not empty: another server's uploads
+            self.parent.rmdir()
