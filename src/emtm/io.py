@@ -97,3 +97,18 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Non
     with atomic_open(path) as handle:
         json.dump(obj, handle, indent=indent, ensure_ascii=False)
         handle.write("\n")
+
+
+def lock_file(path: str | os.PathLike, wait: bool = True) -> IO | None:
+    """Open `path` (created if missing) and take an exclusive OS lock on it, shared by every process on
+    this machine and released when the handle is closed or the process dies. `wait=False`: None at once
+    when another handle holds the lock. Close the returned handle to release it."""
+    import fcntl
+
+    handle = open(path, "a")  # noqa: SIM115 - the caller closes it to release the lock
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle

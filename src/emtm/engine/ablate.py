@@ -10,7 +10,6 @@ into ablation.json under a lock.
 
 from __future__ import annotations
 
-import fcntl
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +27,7 @@ from emtm.engine.checkpoint import load_run
 from emtm.engine.evaluate import evaluate
 from emtm.engine.train import resolve_device, train
 from emtm.errors import EmtmError
-from emtm.io import write_json, write_markdown_table
+from emtm.io import lock_file, write_json, write_markdown_table
 
 REPORTED = ("r1@0.3", "r1@0.5", "r1@0.7", "miou")
 DISTILL_ONLY = {"isomorphic": False, "use_kau": False}
@@ -131,8 +130,7 @@ def read_state(out: Path) -> dict[str, Any]:
 @contextmanager
 def locked_state(out: Path) -> Iterator[dict[str, Any]]:
     """ablation.json read and written back under an exclusive lock, shared by every process."""
-    with open(out / "ablation.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with lock_file(out / "ablation.lock"):
         state = read_state(out)
         before = json.dumps(state, sort_keys=True)
         yield state
@@ -144,12 +142,11 @@ def locked_state(out: Path) -> Iterator[dict[str, Any]]:
 def claim(run_dir: Path) -> Iterator[bool]:
     """True while this process holds the run's lock; False if another process is training it."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(run_dir.parent / f"{run_dir.name}.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
+    lock = lock_file(run_dir.parent / f"{run_dir.name}.lock", wait=False)
+    if lock is None:
+        yield False
+        return
+    with lock:
         yield True
 
 

@@ -7,7 +7,6 @@ locked for the server's life, so servers that share one cache never delete each 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import shutil
@@ -17,6 +16,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from emtm.io import lock_file
 
 _HASH_NAME = re.compile(r"[0-9a-f]{32}")
 
@@ -162,8 +163,7 @@ class UploadSession:
     def open(self) -> int:
         """Lock and create this server's folder; returns the number of leftover files deleted."""
         self.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self.root.with_name(self.root.name + ".lock"), "w")  # noqa: SIM115
-        fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+        self._lock_file = lock_file(self.root.with_name(self.root.name + ".lock"))
         self.root.mkdir(exist_ok=True)
         removed = 0
         for entry in self.parent.iterdir():
@@ -174,11 +174,10 @@ class UploadSession:
                 entry.unlink(missing_ok=True)
                 continue
             lock = entry.with_name(entry.name + ".lock")
-            with open(lock, "a") as handle:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a running server's folder
+            handle = lock_file(lock, wait=False)
+            if handle is None:
+                continue  # a running server's folder
+            with handle:
                 removed += delete_uploads(entry, lambda sha, e=entry: self.forget(e, sha), remove_folder=True)
                 lock.unlink(missing_ok=True)
         return removed
