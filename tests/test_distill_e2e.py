@@ -115,6 +115,13 @@ def test_ablation_table_is_produced_and_resumable(tiny_data: Path, tmp_path: Pat
     assert summary["EMTM, d=32"]["params"] < summary["student alone"]["params"]
     table = (out / "ablation.md").read_text()
     assert "±" in table and "student + KAU + shared encoder (EMTM)" in table
+    assert (out / "ablation_curves.png").read_bytes()[:4] == b"\x89PNG"
+    from emtm.engine.ablate import read_state, validation_curves
+
+    curves = validation_curves(out, read_state(out))
+    assert set(curves) == set(summary) and all(c.shape == (2, 1) for c in curves.values())
+    seed1 = json.loads((out / "student-alone" / "seed1" / "metrics.json").read_text())["history"]
+    assert curves["student alone"][1, 0] == seed1[0]["val_r1@0.7"]
     before = (out / "ablation.json").stat().st_mtime_ns
     assert main([*args, "--device", "cpu"]) == 0  # everything finished: nothing is retrained
     assert (out / "ablation.json").stat().st_mtime_ns == before

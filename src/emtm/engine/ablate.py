@@ -27,7 +27,7 @@ from emtm.engine.checkpoint import load_run
 from emtm.engine.evaluate import evaluate
 from emtm.engine.train import resolve_device, train
 from emtm.errors import EmtmError
-from emtm.io import lock_file, write_json, write_markdown_table
+from emtm.io import atomic_path, lock_file, write_json, write_markdown_table
 
 REPORTED = ("r1@0.3", "r1@0.5", "r1@0.7", "miou")
 DISTILL_ONLY = {"isomorphic": False, "use_kau": False}
@@ -205,3 +205,41 @@ def write_report(out: Path, state: dict[str, Any]) -> None:
     summaries = {name: summarise(r) for name, r in state["rows"].items() if r["seeds"]}
     write_json(out / "ablation_summary.json", summaries)
     write_markdown_table(out / "ablation.md", SUMMARY_COLUMNS, summary_rows(state))
+    plot_curves(out, state)
+
+
+def validation_curves(out: Path, state: dict[str, Any], key: str = "val_r1@0.7") -> dict[str, np.ndarray]:
+    """Per finished row, its runs' validation `key` by epoch: (seeds, epochs), from each metrics.json."""
+    curves = {}
+    for name, results in state["rows"].items():
+        runs = []
+        for seed in results["seeds"]:
+            path = out / slug(name) / f"seed{seed}" / "metrics.json"
+            if path.exists():
+                runs.append([row[key] for row in json.loads(path.read_text())["history"]])
+        if runs and len({len(r) for r in runs}) == 1:
+            curves[name] = np.array(runs, dtype=float)
+    return curves
+
+
+def plot_curves(out: Path, state: dict[str, Any]) -> None:
+    """ablation_curves.png: each row's validation R1@0.7 by epoch, mean over seeds, min-max shaded."""
+    curves = validation_curves(out, state)
+    if not curves:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, runs in curves.items():
+        epochs = np.arange(1, runs.shape[1] + 1)
+        (line,) = ax.plot(epochs, runs.mean(0), marker=".", label=f"{name} ({len(runs)} seeds)")
+        ax.fill_between(epochs, runs.min(0), runs.max(0), color=line.get_color(), alpha=0.12)
+    ax.set(xlabel="epoch", ylabel="validation R1@0.7 (%)", title="ablation: validation R1@0.7 by epoch")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    with atomic_path(out / "ablation_curves.png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
