@@ -229,7 +229,10 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     print_table(
         f"ablation, test split, {args.seeds} seed(s), mean ± std", SUMMARY_COLUMNS, summary_rows(state)
     )
-    print(f"wrote {Path(args.out) / 'ablation.md'} and ablation.json (finished rows are kept on re-run)")
+    print(
+        f"wrote {Path(args.out) / 'ablation.md'}, ablation.json (finished rows are kept on re-run) and "
+        "ablation_curves.png (validation R1@0.7 by epoch)"
+    )
     if elsewhere:
         print(
             f"{len(elsewhere)} run(s) were being trained by another emtm ablate process on this folder "
