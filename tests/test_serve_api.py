@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
+pytest.importorskip("httpx2")
 
-import httpx  # noqa: E402
+import httpx2  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from emtm.api import Grounder  # noqa: E402
@@ -255,9 +255,9 @@ def test_extraction_jobs_are_bounded_and_requests_time_out(served: dict) -> None
     app = create_app(served["model"], served["videos"], limits, cache_dir=served["root"] / "cache-slow")
     app.state.service.extractor = slow
 
-    async def scenario() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+    async def scenario() -> tuple[httpx2.Response, httpx2.Response, httpx2.Response]:
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://test") as http:
             first = asyncio.ensure_future(
                 http.post("/ground", json={"video": "one.mp4", "query": "a red square"})
             )

@@ -38,7 +38,7 @@ def require_browser() -> None:
             "`apt-get update && apt-get install -y --no-install-recommends chromium` (.ci/run does), "
             "or point EMTM_CHROMIUM at a chromium binary"
         )
-    for module in ("playwright", "fastapi", "uvicorn", "httpx", "av"):
+    for module in ("playwright", "fastapi", "uvicorn", "httpx2", "av"):
         try:
             __import__(module)
         except ImportError:
@@ -95,7 +95,7 @@ def browser_page(tmp_path: Path) -> Iterator[tuple[object, list[str]]]:
 
 
 def test_page_highlights_the_apis_moment_and_seeks_to_it(server: str, tmp_path: Path) -> None:
-    import httpx
+    import httpx2
 
     with browser_page(tmp_path) as (page, errors):
         page.goto(server + "/")
@@ -116,7 +116,7 @@ def test_page_highlights_the_apis_moment_and_seeks_to_it(server: str, tmp_path: 
             "curves": page.locator("#curves polyline").count(),
         }
         # the same request through the JSON API (its features now come from the cache)
-        answer = httpx.post(
+        answer = httpx2.post(
             server + "/ground", json={"video": "shapes.mp4", "query": QUERY, "top_k": 3}, timeout=60
         ).json()
         best = answer["moments"][0]
@@ -147,7 +147,7 @@ def test_page_highlights_the_apis_moment_and_seeks_to_it(server: str, tmp_path: 
 
 def test_teachers_and_kau_panel_for_a_distilled_run(tiny_data: Path, tmp_path: Path) -> None:
     require_browser()
-    import httpx
+    import httpx2
 
     from test_serve_teachers import build_distilled_run
 
@@ -157,7 +157,7 @@ def test_teachers_and_kau_panel_for_a_distilled_run(tiny_data: Path, tmp_path: P
         page.wait_for_selector("body[data-ready='1']", timeout=30_000)
         page.click("#teachers-panel summary")
         page.wait_for_selector("#teachers-panel[data-example='0'] #teacher-plots svg", timeout=10_000)
-        example = httpx.get(url + "/examples/0", timeout=30).json()
+        example = httpx2.get(url + "/examples/0", timeout=30).json()
         plots = page.locator("#teacher-plots svg")
         assert plots.count() == len(example["teachers"]) + 2  # each teacher, the ensemble, the student
         assert [plots.nth(i).get_attribute("data-kind") for i in range(plots.count())] == [
@@ -172,7 +172,7 @@ def test_teachers_and_kau_panel_for_a_distilled_run(tiny_data: Path, tmp_path: P
         assert example["query"] in page.inner_text("#example-info")
         page.select_option("#example-select", "1")
         page.wait_for_selector("#teachers-panel[data-example='1']", timeout=10_000)
-        assert httpx.get(url + "/examples/1", timeout=30).json()["query"] in page.inner_text("#example-info")
+        assert httpx2.get(url + "/examples/1", timeout=30).json()["query"] in page.inner_text("#example-info")
         assert not errors, errors
         shot = tmp_path / "serve-teachers.png"
         page.locator("#teachers-panel").screenshot(path=str(shot))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
+pytest.importorskip("httpx2")
 
 import torch  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
