@@ -390,9 +390,11 @@ def test_uploads_are_deleted_at_shutdown_and_leftovers_at_startup(served: dict, 
     (cache / "uploads" / "111-dead.lock").write_text("")  # its server was killed: the lock is free
     held = open(cache / "uploads" / "222-live.lock", "w")  # noqa: SIM115 - a running server holds it
     fcntl.flock(held, fcntl.LOCK_EX)
-    (cache / "uploads" / f"{leftover}.mp4").write_bytes(b"older layout, from a server that was killed")
+    loose = "fedcba9876543210" * 2  # the older layout: uploads directly in uploads/
+    (cache / "uploads" / f"{loose}.mp4").write_bytes(b"from a server that was killed")
     (cache / "features").mkdir(parents=True)
-    (cache / "features" / f"{leftover}0123-abc.npy").write_bytes(b"its features")
+    for sha in (leftover, loose):
+        (cache / "features" / f"{sha}0123-abc.npy").write_bytes(b"its features")
     app = create_app(served["model"], served["videos"], cache_dir=cache)
     app.state.service.extractor = fake_features
     with TestClient(app) as client:

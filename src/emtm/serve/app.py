@@ -211,7 +211,7 @@ def create_app(
         try:
             yield
         finally:
-            uploads.clear(remove_folder=True)
+            uploads.clear()  # with their features; the folder goes with the session
             session.close()
 
     app = FastAPI(

@@ -117,28 +117,31 @@ class UploadCache:
             self.forget(sha)
         return [name for name, _ in evicted]
 
-    def clear(self, remove_folder: bool = False) -> int:
-        """Delete every file in `root` (kept uploads, files left by a server that did not stop cleanly,
-        partial uploads) and their features; with `remove_folder`, the folder too. Returns files deleted."""
+    def clear(self) -> int:
+        """Delete every file in `root` (kept uploads, partial uploads) and their features; returns the
+        number of files deleted. The folder itself belongs to the `UploadSession`."""
         with self._lock:
             self._items.clear()
-        return delete_uploads(self.root, self.forget, remove_folder)
+        return delete_uploads(self.root, self.forget)
 
 
-def delete_uploads(root: Path, forget: Callable[[str], None], remove_folder: bool = False) -> int:
-    """Delete the files in `root` (calling `forget(hash)` for each upload) and, optionally, `root`."""
+def delete_uploads(root: Path, forget: Callable[[str], None]) -> int:
+    """Delete the files directly in `root`, calling `forget(hash)` for each upload; returns how many."""
     count = 0
     if root.is_dir():
         for path in root.iterdir():
             if path.is_file() or path.is_symlink():
-                stem = path.name.split(".", 1)[0]
-                if _HASH_NAME.fullmatch(stem):  # an upload is named by its content hash
-                    forget(stem)
-                path.unlink(missing_ok=True)
+                delete_upload(path, forget)
                 count += 1
-        if remove_folder:
-            shutil.rmtree(root, ignore_errors=True)
     return count
+
+
+def delete_upload(path: Path, forget: Callable[[str], None]) -> None:
+    """Delete one file; an upload (named by its content hash) also has its features dropped."""
+    stem = path.name.split(".", 1)[0]
+    if _HASH_NAME.fullmatch(stem):
+        forget(stem)
+    path.unlink(missing_ok=True)
 
 
 class UploadSession:
@@ -170,15 +173,16 @@ class UploadSession:
             if entry == self.root or entry.name.endswith(".lock"):
                 continue
             if not entry.is_dir():  # a loose file: the layout of older versions, or a stray
+                delete_upload(entry, lambda sha: self.forget(self.parent, sha))
                 removed += 1
-                entry.unlink(missing_ok=True)
                 continue
             lock = entry.with_name(entry.name + ".lock")
             handle = lock_file(lock, wait=False)
             if handle is None:
                 continue  # a running server's folder
             with handle:
-                removed += delete_uploads(entry, lambda sha, e=entry: self.forget(e, sha), remove_folder=True)
+                removed += delete_uploads(entry, lambda sha, e=entry: self.forget(e, sha))
+                shutil.rmtree(entry, ignore_errors=True)
                 lock.unlink(missing_ok=True)
         return removed
 
