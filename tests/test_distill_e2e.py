@@ -165,7 +165,8 @@ def test_ablation_takes_emtm_options_and_refuses_to_mix_them(tiny_data: Path, tm
 
 def test_ablation_processes_share_a_folder(tiny_data: Path, tmp_path: Path, capsys) -> None:
     """A (row, seed) locked by another process is left to it; results written meanwhile are merged."""
-    from emtm.engine.ablate import claim, locked_state
+    from emtm.engine.ablate import locked_state
+    from emtm.io import claim
 
     out = tmp_path / "ablation"
     args = ["ablate", "--data", str(tiny_data), "--teachers", "x.h5", "--out", str(out), "--seeds", "2"]

@@ -57,3 +57,43 @@ def test_recipe_runs_end_to_end_and_resumes(tmp_path: Path, layout: str, capsys)
     capsys.readouterr()
     assert main([*args, "--device", "cpu"]) == 0  # resumable: every step is kept
     assert capsys.readouterr().out.count("done, kept") == 4
+
+
+def test_pipeline_processes_share_a_folder(tmp_path: Path, capsys) -> None:
+    """A run locked by another process is left to it: the pipeline trains the next runs, then waits for
+    the lock, keeps what the other process finished, and a second call keeps the report."""
+    import threading
+    import time
+
+    from emtm.config import OptimConfig
+    from emtm.engine.pipeline import Plan, Stage, run_pipeline
+    from emtm.io import claim
+
+    data = synth.generate(synth.PRESETS["tiny"], tmp_path / "data", progress=False)
+    optim = OptimConfig(epochs=1, batch_size=16, lr=3e-3)
+    plan = Plan(
+        teachers={"regress": Stage("regress", {"d": 32}, optim)},
+        student=Stage("student", {"d": 32, "n_heads": 4}, optim),
+    )
+    out = tmp_path / "pipeline"
+    result: dict[str, dict] = {}
+    with claim(out / "teacher_regress") as mine:  # another process is training the teacher
+        assert mine
+        worker = threading.Thread(target=lambda: result.update(run_pipeline(plan, data, out, "cpu")))
+        worker.start()
+        deadline = time.monotonic() + 300
+        while not (out / "student_alone" / "model.safetensors").exists() and worker.is_alive():
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        time.sleep(0.5)
+        assert worker.is_alive()  # waiting for the teacher, the only run it may not train yet
+        assert not (out / "teacher_regress").exists() and not (out / "emtm").exists()
+    worker.join(timeout=300)
+    assert not worker.is_alive()
+    printed = capsys.readouterr().out
+    assert printed.index("student_alone: training") < printed.index("teacher_regress: held by another")
+    assert list(result) == ["teacher: regress", "student alone", "EMTM student"]
+    assert (out / "caches" / "regress.h5").exists()
+    assert run_pipeline(plan, data, out, "cpu") == result  # every step and the report are kept
+    printed = capsys.readouterr().out
+    assert printed.count("done, kept") == 3 and "newer than every run, kept" in printed

@@ -112,3 +112,18 @@ def lock_file(path: str | os.PathLike, wait: bool = True) -> IO | None:
         handle.close()
         return None
     return handle
+
+
+@contextlib.contextmanager
+def claim(run_dir: str | os.PathLike, wait: bool = False) -> Iterator[bool]:
+    """Hold the lock of a run folder (`NAME.lock` beside it) for the `with` block, so that only one
+    process works on that run. Yields True while held; with wait=False, False at once when another
+    process holds it; with wait=True, blocks until the lock is free. A dead process's lock is free."""
+    run_dir = Path(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = lock_file(run_dir.parent / f"{run_dir.name}.lock", wait=wait)
+    if lock is None:
+        yield False
+        return
+    with lock:
+        yield True

@@ -27,7 +27,7 @@ from emtm.engine.checkpoint import load_run
 from emtm.engine.evaluate import evaluate
 from emtm.engine.train import resolve_device, train
 from emtm.errors import EmtmError
-from emtm.io import atomic_path, lock_file, write_json, write_markdown_table
+from emtm.io import atomic_path, claim, lock_file, write_json, write_markdown_table
 
 REPORTED = ("r1@0.3", "r1@0.5", "r1@0.7", "miou")
 DISTILL_ONLY = {"isomorphic": False, "use_kau": False}
@@ -136,18 +136,6 @@ def locked_state(out: Path) -> Iterator[dict[str, Any]]:
         yield state
         if json.dumps(state, sort_keys=True) != before:
             write_json(out / "ablation.json", state)
-
-
-@contextmanager
-def claim(run_dir: Path) -> Iterator[bool]:
-    """True while this process holds the run's lock; False if another process is training it."""
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock = lock_file(run_dir.parent / f"{run_dir.name}.lock", wait=False)
-    if lock is None:
-        yield False
-        return
-    with lock:
-        yield True
 
 
 def parse_rows(text: str | None) -> set[int] | None:

@@ -1,7 +1,10 @@
 """The whole EMTM pipeline on one data.yaml: teachers -> caches -> student alone -> EMTM -> evaluation.
 
 Shared by `emtm recipe` (the paper's benchmarks) and `make demo` (the built-in synthetic benchmark).
-Every step is resumable: a finished run or cache is kept, an interrupted run continues with --resume.
+Every step is resumable: a finished run or cache is kept, an interrupted run continues with --resume,
+and a report written after every run it covers is kept too (delete report.json to measure again).
+Several processes may share one output folder: each run is trained by the process that locks it first
+(an OS file lock, released if that process dies), and the others go on to the next run, then wait.
 The report follows the paper's table layout: R1@0.3/0.5/0.7, mIoU, FLOPs, params and time per query.
 """
 
@@ -26,7 +29,7 @@ from emtm.engine.checkpoint import export_student, load_run
 from emtm.engine.evaluate import SplitPredictions, predict_dataset, score_predictions
 from emtm.engine.metrics import temporal_iou
 from emtm.engine.train import resolve_device, train
-from emtm.io import write_json, write_markdown_table
+from emtm.io import claim, write_json, write_markdown_table
 
 TIMED_QUERIES = 200  # latency is measured at batch 1 on the first queries of the test split
 
@@ -98,41 +101,86 @@ def _run_pipeline(
             teachers=teachers or [], optim=stage.optim, run=run,
         )  # fmt: skip
 
-    runs: dict[str, Path] = {}
-    if plan.baselines:
-        print(f"[0/4] baselines: {', '.join(plan.baselines)}")
-        for name, stage in plan.baselines.items():
-            train_step(config(stage), out / name)
-            runs[name] = out / name
-    print(f"[1/4] teachers: {', '.join(plan.teachers)}")
-    caches = []
-    for name, stage in plan.teachers.items():
-        train_step(config(stage), out / f"teacher_{name}")
-        runs[f"teacher: {name}"] = out / f"teacher_{name}"
-        cache = out / "caches" / f"{name}.h5"
-        if not cache.exists():
-            export_teacher(out / f"teacher_{name}", data_yaml, "train", cache, temperature=plan.temperature)
-        caches.append(str(cache.resolve()))
-    print("[2/4] student alone")
-    train_step(config(plan.student), out / "student_alone")
+    step = f"[0/4] baselines: {', '.join(plan.baselines)}"
+    jobs = [Job(step, out / name, config(stage)) for name, stage in plan.baselines.items()]
+    step = f"[1/4] teachers: {', '.join(plan.teachers)}"
+    caches = [out / "caches" / f"{name}.h5" for name in plan.teachers]
+    for (name, stage), cache in zip(plan.teachers.items(), caches):
+        jobs.append(Job(step, out / f"teacher_{name}", config(stage), cache, plan.temperature))
+    jobs.append(Job("[2/4] student alone", out / "student_alone", config(plan.student)))
+    run_jobs(jobs)
     print(f"[3/4] EMTM distillation from {len(caches)} teacher(s)")
     extra = {**plan.emtm_options, "n_teachers": len(caches), "temperature": plan.temperature}
-    train_step(config(Stage("emtm", plan.student.options, plan.student.optim), caches, extra), out / "emtm")
-    if not (out / "emtm" / "student" / "model.safetensors").exists():
-        export_student(out / "emtm")
-    print("[4/4] evaluation on the test split")
+    teachers = [str(cache.resolve()) for cache in caches]
+    emtm = config(Stage("emtm", plan.student.options, plan.student.optim), teachers, extra)
+    with claim(out / "emtm", wait=True):
+        train_step(emtm, out / "emtm")
+        if not (out / "emtm" / "student" / "model.safetensors").exists():
+            export_student(out / "emtm")
+    runs = {name: out / name for name in plan.baselines}
+    runs.update({f"teacher: {name}": out / f"teacher_{name}" for name in plan.teachers})
     runs.update({"student alone": out / "student_alone", "EMTM student": out / "emtm" / "student"})
-    report, predictions = {}, {}
-    for name, run_dir in runs.items():
-        report[name], predictions[name] = measure(run_dir, data_yaml, device, threads)
-        report[name]["train_s"] = train_seconds(out / "emtm" if name == "EMTM student" else run_dir)
-    write_report(out, report)
-    per_query = {name: top1_iou(p) for name, p in predictions.items()}
-    write_json(
-        out / "per_query_iou.json",
-        {k: dict(zip(ids(predictions[k]), v.tolist())) for k, v in per_query.items()},
-    )
+    with claim(out / "report", wait=True):
+        if report_is_current(out, runs):
+            print("[4/4] evaluation on the test split: report.json is newer than every run, kept")
+            return json.loads((out / "report.json").read_text())
+        print("[4/4] evaluation on the test split")
+        report, predictions = {}, {}
+        for name, run_dir in runs.items():
+            report[name], predictions[name] = measure(run_dir, data_yaml, device, threads)
+            report[name]["train_s"] = train_seconds(out / "emtm" if name == "EMTM student" else run_dir)
+        per_query = {name: top1_iou(p) for name, p in predictions.items()}
+        write_json(
+            out / "per_query_iou.json",
+            {k: dict(zip(ids(predictions[k]), v.tolist())) for k, v in per_query.items()},
+        )
+        write_report(out, report)  # last: its time stamp says the evaluation is complete
     return report
+
+
+@dataclass
+class Job:
+    """One training run of the pipeline; a teacher's run also writes its train-split cache."""
+
+    step: str  # the pipeline step it belongs to, printed once when the step starts
+    run_dir: Path
+    cfg: TrainConfig
+    cache: Path | None = None
+    temperature: float = 1.0
+
+    def run(self) -> None:
+        train_step(self.cfg, self.run_dir)
+        if self.cache is not None and not self.cache.exists():
+            export_teacher(self.run_dir, self.cfg.data, "train", self.cache, temperature=self.temperature)
+
+
+def run_jobs(jobs: list[Job]) -> None:
+    """Run every job this process can lock; then wait for those that other processes hold, in turn (a
+    finished run is kept; one left by a process that died is resumed here). So several processes on
+    one folder (`benchmarks/distill.py`, `emtm recipe`) share the runs instead of racing on them."""
+    held, step = [], None
+    for job in jobs:
+        if job.step != step:
+            print(job.step, flush=True)
+            step = job.step
+        with claim(job.run_dir) as mine:
+            if mine:
+                job.run()
+            else:
+                held.append(job)
+    for job in held:
+        print(f"  {job.run_dir.name}: held by another process, waiting for it", flush=True)
+        with claim(job.run_dir, wait=True):
+            job.run()
+
+
+def report_is_current(out: Path, runs: dict[str, Path]) -> bool:
+    """True when report.json covers exactly these runs and was written after every one of them."""
+    path = out / "report.json"
+    if not path.exists() or set(json.loads(path.read_text())) != set(runs):
+        return False
+    written = path.stat().st_mtime
+    return all((run_dir / "model.safetensors").stat().st_mtime < written for run_dir in runs.values())
 
 
 def ids(preds: SplitPredictions) -> list[str]:
