@@ -189,3 +189,33 @@ def test_ablation_processes_share_a_folder(tiny_data: Path, tmp_path: Path, caps
     assert "another emtm ablate process" not in capsys.readouterr().out
     state = json.loads((out / "ablation.json").read_text())
     assert sorted(state["rows"]["student alone"]["seeds"]) == ["0", "1"]
+
+
+def test_ablation_resumes_a_run_stopped_part_way(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    """A (row, seed) whose process died after its first epoch continues from that checkpoint."""
+    from emtm.config import TrainConfig
+    from emtm.engine.train import train
+
+    out = tmp_path / "ablation"
+    run_dir = out / "student-alone" / "seed0"
+    cfg = TrainConfig(
+        data=str(tiny_data.resolve()), model="student", optim={"epochs": 2, "lr": 1e-3},
+        run={"seed": 0, "device": "cpu", "progress": False},
+    )  # fmt: skip
+
+    class Killed(Exception):
+        pass
+
+    def die_after_first(epoch: int, row: dict) -> None:
+        raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, run_dir, on_epoch_end=die_after_first)
+    first = (run_dir / "log.csv").read_text().splitlines()[1]
+    args = ["ablate", "--data", str(tiny_data), "--teachers", "x.h5", "--out", str(out), "--seeds", "1"]
+    assert main([*args, "--epochs", "2", "--rows", "1", "--device", "cpu"]) == 0
+    assert "seed0: resuming student (2 epochs)" in capsys.readouterr().out
+    log = (run_dir / "log.csv").read_text().splitlines()
+    assert len(log) == 3 and log[1] == first  # epoch 1 kept as it was, epoch 2 trained on top of it
+    state = json.loads((out / "ablation.json").read_text())
+    assert list(state["rows"]["student alone"]["seeds"]) == ["0"]

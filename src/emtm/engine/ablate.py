@@ -2,10 +2,10 @@
 
 Rows: 1 student alone; 2 student + each single teacher; 3 + the mean of the teachers; 4 + KAU; 5 + KAU
 and the shared encoder (full EMTM); 6 full EMTM with 1..K teachers; 7 full EMTM with d in {32, 64, 128}.
-Resumable: every finished (row, seed) is stored in ablation.json and never recomputed. Parallel: any
-number of `emtm ablate` processes may share one --out folder; each (row, seed) is trained by whichever
-process locks it first (an OS file lock, released if that process dies), and every result is merged
-into ablation.json under a lock.
+Resumable: every finished (row, seed) is stored in ablation.json and never recomputed, and a run
+stopped part-way continues from its last checkpoint. Parallel: any number of `emtm ablate` processes
+may share one --out folder; each (row, seed) is trained by whichever process locks it first (an OS
+file lock, released if that process dies), and every result is merged into ablation.json under a lock.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from emtm.data.dataset import split_dataset
 from emtm.distill.model import EMTMConfig
 from emtm.engine.checkpoint import load_run
 from emtm.engine.evaluate import evaluate
-from emtm.engine.train import resolve_device, train
+from emtm.engine.pipeline import train_step
+from emtm.engine.train import resolve_device
 from emtm.errors import EmtmError
 from emtm.io import atomic_path, claim, lock_file, write_json, write_markdown_table
 
@@ -107,7 +108,7 @@ def run_ablation(
                     optim={"epochs": epochs, "lr": lr},
                     run={"seed": seed, "device": device, "progress": False},
                 )
-                train(cfg, run_dir)
+                train_step(cfg, run_dir)  # a run stopped part-way (a killed process) is resumed
                 run = load_run(run_dir, device=dev)
                 test = split_dataset(cfg.data, "test", run.vocab, seed)
                 metrics = evaluate(run.model, test, run.cfg.eval, dev, batch_size=128)
