@@ -49,6 +49,9 @@ def gap_summary(report: dict[str, Any], key: str = "r1@0.7") -> dict[str, Any]:
 
 
 def data_yaml(args: argparse.Namespace, out: Path) -> Path:
+    """The benchmark's data in out/data, written once: a re-run (or a second process) reads it as it is."""
+    if (out / "data" / "data.yaml").exists():
+        return out / "data" / "data.yaml"
     if args.charades:
         folder = Path(args.charades)
         return synth.synthesize_features_for_annotations(
@@ -57,8 +60,6 @@ def data_yaml(args: argparse.Namespace, out: Path) -> Path:
             out / "data",
             durations=folder / "charades_durations.json",
         )
-    if (out / "data" / "data.yaml").exists():
-        return out / "data" / "data.yaml"
     return synth.generate(synth.PRESETS[args.preset], out / "data")
 
 
