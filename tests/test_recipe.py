@@ -59,41 +59,52 @@ def test_recipe_runs_end_to_end_and_resumes(tmp_path: Path, layout: str, capsys)
     assert capsys.readouterr().out.count("done, kept") == 4
 
 
-def test_pipeline_processes_share_a_folder(tmp_path: Path, capsys) -> None:
-    """A run locked by another process is left to it: the pipeline trains the next runs, then waits for
-    the lock, keeps what the other process finished, and a second call keeps the report."""
+def test_pipeline_processes_share_a_folder(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Runs locked by other processes are left to them: the pipeline trains the next runs, then takes
+    each held run as soon as it is freed (whichever is freed first), keeps what the other process
+    finished, and a second call keeps the report."""
     import threading
     import time
 
     from emtm.config import OptimConfig
+    from emtm.engine import pipeline
     from emtm.engine.pipeline import Plan, Stage, run_pipeline
     from emtm.io import claim
 
+    monkeypatch.setattr(pipeline, "POLL_SECONDS", 0.05)
     data = synth.generate(synth.PRESETS["tiny"], tmp_path / "data", progress=False)
     optim = OptimConfig(epochs=1, batch_size=16, lr=3e-3)
     plan = Plan(
-        teachers={"regress": Stage("regress", {"d": 32}, optim)},
+        teachers={"first": Stage("regress", {"d": 32}, optim), "second": Stage("regress", {"d": 16}, optim)},
         student=Stage("student", {"d": 32, "n_heads": 4}, optim),
     )
     out = tmp_path / "pipeline"
     result: dict[str, dict] = {}
-    with claim(out / "teacher_regress") as mine:  # another process is training the teacher
-        assert mine
-        worker = threading.Thread(target=lambda: result.update(run_pipeline(plan, data, out, "cpu")))
-        worker.start()
+
+    def wait_for(path: Path) -> None:
         deadline = time.monotonic() + 300
-        while not (out / "student_alone" / "model.safetensors").exists() and worker.is_alive():
+        while not path.exists() and worker.is_alive():
             assert time.monotonic() < deadline
-            time.sleep(0.2)
-        time.sleep(0.5)
-        assert worker.is_alive()  # waiting for the teacher, the only run it may not train yet
-        assert not (out / "teacher_regress").exists() and not (out / "emtm").exists()
+            time.sleep(0.05)
+
+    with claim(out / "teacher_first") as first:  # other processes are training both teachers
+        with claim(out / "teacher_second") as second:
+            assert first and second
+            worker = threading.Thread(target=lambda: result.update(run_pipeline(plan, data, out, "cpu")))
+            worker.start()
+            wait_for(out / "student_alone" / "model.safetensors")
+            time.sleep(0.3)
+            assert worker.is_alive()  # waiting: the teachers are the only runs it may not train yet
+            assert not (out / "teacher_first").exists() and not (out / "teacher_second").exists()
+        wait_for(out / "caches" / "second.h5")  # the teacher freed first is taken at once
+        assert worker.is_alive() and not (out / "teacher_first").exists()
     worker.join(timeout=300)
     assert not worker.is_alive()
     printed = capsys.readouterr().out
-    assert printed.index("student_alone: training") < printed.index("teacher_regress: held by another")
-    assert list(result) == ["teacher: regress", "student alone", "EMTM student"]
-    assert (out / "caches" / "regress.h5").exists()
+    assert printed.index("student_alone: training") < printed.index("teacher_first: held by another")
+    assert printed.index("teacher_second: training") < printed.index("teacher_first: training")
+    assert list(result) == ["teacher: first", "teacher: second", "student alone", "EMTM student"]
+    assert (out / "caches" / "first.h5").exists()
     assert run_pipeline(plan, data, out, "cpu") == result  # every step and the report are kept
     printed = capsys.readouterr().out
-    assert printed.count("done, kept") == 3 and "newer than every run, kept" in printed
+    assert printed.count("done, kept") == 4 and "newer than every run, kept" in printed

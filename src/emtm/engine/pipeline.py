@@ -32,6 +32,7 @@ from emtm.engine.train import resolve_device, train
 from emtm.io import claim, write_json, write_markdown_table
 
 TIMED_QUERIES = 200  # latency is measured at batch 1 on the first queries of the test split
+POLL_SECONDS = 10.0  # how often a process waiting for runs held by other processes looks again
 
 
 @dataclass
@@ -155,9 +156,9 @@ class Job:
 
 
 def run_jobs(jobs: list[Job]) -> None:
-    """Run every job this process can lock; then wait for those that other processes hold, in turn (a
-    finished run is kept; one left by a process that died is resumed here). So several processes on
-    one folder (`benchmarks/distill.py`, `emtm recipe`) share the runs instead of racing on them."""
+    """Run every job this process can lock; then those that other processes held, each as soon as it is
+    free (a finished run is kept; one left by a process that died is resumed here). So several
+    processes on one folder (`benchmarks/distill.py`, `emtm recipe`) share the runs, not race on them."""
     held, step = [], None
     for job in jobs:
         if job.step != step:
@@ -168,10 +169,19 @@ def run_jobs(jobs: list[Job]) -> None:
                 job.run()
             else:
                 held.append(job)
-    for job in held:
-        print(f"  {job.run_dir.name}: held by another process, waiting for it", flush=True)
-        with claim(job.run_dir, wait=True):
-            job.run()
+    waiting: set[str] = set()
+    while held:
+        for job in list(held):
+            with claim(job.run_dir) as mine:
+                if mine:
+                    held.remove(job)
+                    job.run()
+        for job in held:
+            if job.run_dir.name not in waiting:
+                print(f"  {job.run_dir.name}: held by another process, waiting for it", flush=True)
+                waiting.add(job.run_dir.name)
+        if held:
+            time.sleep(POLL_SECONDS)
 
 
 def report_is_current(out: Path, runs: dict[str, Path]) -> bool:
