@@ -219,3 +219,20 @@ def test_ablation_resumes_a_run_stopped_part_way(tiny_data: Path, tmp_path: Path
     assert len(log) == 3 and log[1] == first  # epoch 1 kept as it was, epoch 2 trained on top of it
     state = json.loads((out / "ablation.json").read_text())
     assert list(state["rows"]["student alone"]["seeds"]) == ["0"]
+
+
+def test_a_stopped_ablation_says_to_run_the_same_command_again(monkeypatch, capsys) -> None:
+    """SIGTERM inside `emtm ablate` exits 143 and points at the ablate command, not at `emtm train`."""
+    from emtm.engine import ablate
+    from emtm.engine.signals import TrainingStopped
+
+    def stopped(*args, **kwargs):
+        raise TrainingStopped(
+            "stopped by SIGTERM; checkpoint saved: S. Resume with: emtm train --resume", 15, "x (epoch 8)"
+        )
+
+    monkeypatch.setattr(ablate, "run_ablation", stopped)
+    assert main(["ablate", "--data", "d.yaml", "--teachers", "x.h5", "--out", "unused"]) == 143
+    err = capsys.readouterr().err
+    assert "Run the same emtm ablate command again" in err and "checkpoint saved: x (epoch 8)" in err
+    assert "emtm train" not in err

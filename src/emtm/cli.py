@@ -221,11 +221,15 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def cmd_ablate(args: argparse.Namespace) -> int:
     from emtm.config import apply_overrides
     from emtm.engine.ablate import SUMMARY_COLUMNS, parse_rows, run_ablation, summary_rows
+    from emtm.engine.signals import TrainingStopped
 
-    state, elsewhere = run_ablation(
-        Path(args.data), args.teachers, Path(args.out), args.seeds, args.epochs, args.lr, args.device,
-        parse_rows(args.rows), apply_overrides({}, args.emtm_option, "--emtm-option", "kd_weight=3.2"),
-    )  # fmt: skip
+    try:
+        state, elsewhere = run_ablation(
+            Path(args.data), args.teachers, Path(args.out), args.seeds, args.epochs, args.lr, args.device,
+            parse_rows(args.rows), apply_overrides({}, args.emtm_option, "--emtm-option", "kd_weight=3.2"),
+        )  # fmt: skip
+    except TrainingStopped as stop:
+        raise stop.rerun("emtm ablate") from None
     print_table(
         f"ablation, test split, {args.seeds} seed(s), mean ± std", SUMMARY_COLUMNS, summary_rows(state)
     )
@@ -243,13 +247,16 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 def cmd_recipe(args: argparse.Namespace) -> int:
     from emtm.engine.recipe import load_recipe, run_recipe
+    from emtm.engine.signals import TrainingStopped
 
     recipe = load_recipe(args.recipe)
     if args.epochs is not None:
         recipe.optim.epochs = args.epochs
-    run_recipe(
-        recipe, Path(args.annotations), Path(args.features), args.word_vectors, Path(args.out), args.device
-    )
+    try:
+        features, annotations = Path(args.features), Path(args.annotations)
+        run_recipe(recipe, annotations, features, args.word_vectors, Path(args.out), args.device)
+    except TrainingStopped as stop:
+        raise stop.rerun("emtm recipe") from None
     print(f"wrote {Path(args.out) / 'report.md'} (re-running resumes; finished steps are kept)")
     return 0
 

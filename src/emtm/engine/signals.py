@@ -15,9 +15,20 @@ from emtm.errors import EmtmError
 class TrainingStopped(EmtmError):
     """SIGINT/SIGTERM stopped the run after saving a checkpoint; the CLI exits with 128 + the signal."""
 
-    def __init__(self, message: str, signum: int):
+    def __init__(self, message: str, signum: int, saved: str = ""):
         super().__init__(message)
+        self.signum, self.saved = signum, saved
         self.exit_code = 128 + signum
+
+    def rerun(self, command: str) -> TrainingStopped:
+        """The same stop, with the advice for a command that runs many trainings (ablate, recipe)."""
+        return TrainingStopped(
+            f"stopped by {signal.Signals(self.signum).name}; checkpoint saved: {self.saved}. Run the same "
+            f"{command} command again to continue: finished runs are kept, and this one resumes from its "
+            "checkpoint",
+            self.signum,
+            self.saved,
+        )
 
 
 class StopRequest:

@@ -458,6 +458,7 @@ class Trainer:
             f"stopped by {signal.Signals(signum).name}; checkpoint saved: {self.saved}. "
             f"Resume with: {self.resume_hint()}",
             signum,
+            str(self.saved),
         )
 
     def nonfinite(
