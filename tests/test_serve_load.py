@@ -6,7 +6,6 @@ fake server that mixes answers up, drops connections and fails. No assertion dep
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import threading
 import time
@@ -20,25 +19,18 @@ import pytest
 from emtm.errors import EmtmError
 from emtm.serve import loadtest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def benchmark_module():
-    spec = importlib.util.spec_from_file_location("serve_load", REPO / "benchmarks" / "serve_load.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def counts(load: dict) -> tuple[int, int, int, int, int]:
     """(sent, ok, errors, lost, mismatched) of a load report."""
     return load["sent"], load["ok"], load["errors"], load["lost"], load["mismatched"]
 
 
-def test_many_clients_each_get_their_own_answer_and_limits_get_their_status(tmp_path: Path) -> None:
+def test_many_clients_each_get_their_own_answer_and_limits_get_their_status(
+    tmp_path: Path, load_benchmark
+) -> None:
     for module in ("fastapi", "uvicorn", "av", "efficientnet_lite_pytorch"):
         pytest.importorskip(module)
-    bench = benchmark_module()
+    bench = load_benchmark("serve_load")
     report = bench.run(
         tmp_path, clients=4, total=40, max_seconds=120, distinct=8, n_videos=2, burst=4,
         serve_flags=["--max-body-kb", "256", "--max-upload-mb", "1"], progress=False,
@@ -97,12 +89,12 @@ def uvicorn_thread(app: object) -> Iterator[str]:
         thread.join(10)
 
 
-def test_extractions_over_the_cap_get_429_with_retry_after_over_http(tmp_path: Path) -> None:
+def test_extractions_over_the_cap_get_429_with_retry_after_over_http(tmp_path: Path, load_benchmark) -> None:
     pytest.importorskip("fastapi")
     pytest.importorskip("uvicorn")
     from emtm.serve import Limits, create_app
 
-    bench = benchmark_module()
+    bench = load_benchmark("serve_load")
     model = bench.write_model(tmp_path / "model")
     videos = tmp_path / "videos"
     videos.mkdir()

@@ -321,3 +321,13 @@ def test_relational_preset_repeats_events_and_queries_say_which_instance():
     assert min(kinds.values()) > 20, kinds
     # Off by default: the Charades-like presets are unchanged.
     assert PRESETS["default"].repeat_share == 0 == PRESETS["small"].repeat_share
+
+
+def test_oracle_ceiling_is_below_100_only_through_the_annotation_jitter(load_benchmark):
+    ceiling = load_benchmark("synth_ceiling")
+    small = dataclasses.replace(PRESETS["tiny"], n_train_videos=0, n_test_videos=200)
+    exact = ceiling.oracle_metrics(dataclasses.replace(small, boundary_jitter=0.0))
+    assert exact["event span"]["r1@0.7"] == 100.0 and exact["event span"]["miou"] > 99.99
+    assert exact["event span, whole clips"]["r1@0.7"] < 100.0  # rounding to clips costs a little
+    jittered = ceiling.oracle_metrics(small)["event span"]
+    assert 60.0 < jittered["r1@0.7"] < 95.0 and jittered["r1@0.3"] > 95.0
