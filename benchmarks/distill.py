@@ -10,6 +10,7 @@ Steps (each resumable: re-running keeps what is finished):
   2. emtm.engine.pipeline: every teacher, its cache, the student alone and the EMTM student (seed 0),
      report.md with R1, mIoU, FLOPs, params and time per query;
   3. emtm.engine.ablate: the paper's ablation rows over --seeds seeds (--rows picks rows by number);
+     seed 0 of rows 1 and 5 is step 2's student alone and EMTM student, evaluated, not trained again;
   4. gap.json / gap.md: best teacher vs student alone vs EMTM, and the share of the gap EMTM recovers.
 Uses the GPU when there is one.
 """
@@ -106,6 +107,7 @@ def main() -> None:
         state, _ = run_ablation(
             yaml_path, caches, out / "ablation", args.seeds, args.epochs, args.lr, args.device, rows=picked,
             emtm_options={"kd_weight": args.kd_weight, "temperature": args.temperature},
+            threads=args.threads, reuse=[out / "pipeline" / "student_alone", out / "pipeline" / "emtm"],
         )  # fmt: skip
         for name, results in state["rows"].items():
             if results["seeds"]:

@@ -236,3 +236,49 @@ def test_a_stopped_ablation_says_to_run_the_same_command_again(monkeypatch, caps
     err = capsys.readouterr().err
     assert "Run the same emtm ablate command again" in err and "checkpoint saved: x (epoch 8)" in err
     assert "emtm train" not in err
+
+
+def test_ablation_evaluates_a_finished_run_of_the_same_config_instead_of_training(
+    tiny_data: Path, tmp_path: Path, capsys
+) -> None:
+    """--reuse: seed 0 of "student alone" is the run trained before (other thread count), not a new one;
+    seed 1, and any run whose config differs (here the learning rate), is trained."""
+    from emtm.config import TrainConfig
+    from emtm.engine.ablate import same_training
+    from emtm.engine.pipeline import train_step
+
+    earlier = tmp_path / "student_alone"
+    cfg = TrainConfig(
+        data=str(tiny_data.resolve()), model="student", optim={"epochs": 1, "lr": 1e-3},
+        run={"seed": 0, "device": "cpu", "progress": True, "threads": 2},
+    )  # fmt: skip
+    train_step(cfg, earlier)
+    assert same_training(cfg.model_copy(update={"run": cfg.run.model_copy(update={"threads": 1})}), earlier)
+    assert not same_training(
+        cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"lr": 2e-3})}), earlier
+    )
+    out = tmp_path / "ablation"
+    args = ["ablate", "--data", str(tiny_data), "--teachers", "x.h5", "--out", str(out), "--rows", "1"]
+    args += ["--epochs", "1", "--device", "cpu", "--threads", "1", "--reuse", str(earlier)]
+    assert main([*args, "--seeds", "2"]) == 0
+    assert (
+        f"student alone, seed 0: the finished run {earlier} has this config, evaluated"
+        in capsys.readouterr().out
+    )
+    assert not (out / "student-alone" / "seed0").exists()
+    assert (out / "student-alone" / "seed1" / "model.safetensors").exists()
+    row = json.loads((out / "ablation.json").read_text())["rows"]["student alone"]
+    assert row["runs"] == {"0": str(earlier.resolve())}
+    from emtm.data.dataset import split_dataset
+    from emtm.engine.checkpoint import load_run
+    from emtm.engine.evaluate import evaluate
+
+    run = load_run(earlier, device="cpu")
+    direct = evaluate(
+        run.model, split_dataset(cfg.data, "test", run.vocab, 0), run.cfg.eval, "cpu", batch_size=128
+    )
+    assert row["seeds"]["0"]["r1@0.7"] == direct["r1@0.7"] and row["seeds"]["0"]["miou"] == direct["miou"]
+    assert main([*args[:-2], "--seeds", "1", "--lr", "2e-3", "--out", str(tmp_path / "other")]) == 0
+    assert (tmp_path / "other" / "student-alone" / "seed0" / "model.safetensors").exists()
+    assert main([*args, "--seeds", "1", "--threads", "0"]) == 2
+    assert "threads must be at least 1" in capsys.readouterr().err

@@ -227,6 +227,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         state, elsewhere = run_ablation(
             Path(args.data), args.teachers, Path(args.out), args.seeds, args.epochs, args.lr, args.device,
             parse_rows(args.rows), apply_overrides({}, args.emtm_option, "--emtm-option", "kd_weight=3.2"),
+            threads=args.threads, reuse=[Path(r) for r in args.reuse],
         )  # fmt: skip
     except TrainingStopped as stop:
         raise stop.rerun("emtm ablate") from None
@@ -532,6 +533,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="an EMTM model option for every distilled row, e.g. kd_weight=3.2 (repeat)",
+    )
+    p.add_argument("--threads", type=int, help="CPU threads per process (default: torch's choice)")
+    p.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        metavar="RUN",
+        help="a finished run (emtm train/distill) to evaluate instead of training a (row, seed) with the "
+        "same config: data, model, options, teachers, optimiser and seed (repeat)",
     )
     p.set_defaults(func=cmd_ablate)
 

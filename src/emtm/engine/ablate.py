@@ -11,7 +11,7 @@ file lock, released if that process dies), and every result is merged into ablat
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +19,14 @@ from typing import Any
 
 import numpy as np
 
+from emtm.bench.device import num_threads
 from emtm.bench.flops import count_parameters, flops_per_query
 from emtm.config import TrainConfig, validate
 from emtm.data.dataset import split_dataset
 from emtm.distill.model import EMTMConfig
 from emtm.engine.checkpoint import load_run
 from emtm.engine.evaluate import evaluate
-from emtm.engine.pipeline import train_step
+from emtm.engine.pipeline import finished, train_step
 from emtm.engine.train import resolve_device
 from emtm.errors import EmtmError
 from emtm.io import atomic_path, claim, lock_file, write_json, write_markdown_table
@@ -69,12 +70,38 @@ def run_ablation(
     device: str = "auto",
     rows: set[int] | None = None,
     emtm_options: dict[str, Any] | None = None,
+    threads: int | None = None,
+    reuse: Sequence[Path] = (),
 ) -> tuple[dict[str, Any], list[str]]:
     """Train and evaluate every ablation row (or only the row numbers in `rows`) over `seeds` seeds.
 
     `emtm_options` (e.g. {"kd_weight": 3.2}) apply to every distilled row, under the row's own options.
-    Returns the merged state of ablation.json and the runs left to other processes still training them.
+    Training and evaluation run at `threads` intra-op threads (None: as they are). A (row, seed) whose
+    training config is that of a finished run in `reuse` (same_training) is evaluated from that run
+    instead of being trained again. Returns the merged state of ablation.json and the runs left to
+    other processes still training them.
     """
+    if threads is not None and threads < 1:
+        raise EmtmError(f"threads must be at least 1, got {threads}")
+    with num_threads(threads):
+        return _run_ablation(
+            data, teachers, out, seeds, epochs, lr, device, rows, emtm_options, threads, reuse
+        )
+
+
+def _run_ablation(
+    data: Path,
+    teachers: list[str],
+    out: Path,
+    seeds: int,
+    epochs: int,
+    lr: float,
+    device: str,
+    rows: set[int] | None,
+    emtm_options: dict[str, Any] | None,
+    threads: int | None,
+    reuse: Sequence[Path],
+) -> tuple[dict[str, Any], list[str]]:
     out.mkdir(parents=True, exist_ok=True)
     emtm_options = dict(emtm_options or {})
     validate(EMTMConfig, emtm_options, "--emtm-option")  # a bad option fails before any training
@@ -106,21 +133,52 @@ def run_ablation(
                     model_options=extra if row.model == "emtm" else dict(row.options),
                     teachers=row.teachers,
                     optim={"epochs": epochs, "lr": lr},
-                    run={"seed": seed, "device": device, "progress": False},
+                    run={"seed": seed, "device": device, "progress": False, "threads": threads},
                 )
-                train_step(cfg, run_dir)  # a run stopped part-way (a killed process) is resumed
+                same = next((r for r in reuse if same_training(cfg, Path(r))), None)
+                if same is not None:
+                    print(f"  {row.name}, seed {seed}: the finished run {same} has this config, evaluated")
+                    run_dir = Path(same)
+                else:
+                    train_step(cfg, run_dir)  # a run stopped part-way (a killed process) is resumed
                 run = load_run(run_dir, device=dev)
                 test = split_dataset(cfg.data, "test", run.vocab, seed)
                 metrics = evaluate(run.model, test, run.cfg.eval, dev, batch_size=128)
                 with locked_state(out) as state:
                     results = state["rows"].setdefault(row.name, {"seeds": {}})
                     results["seeds"][str(seed)] = metrics
+                    if same is not None:
+                        results.setdefault("runs", {})[str(seed)] = str(Path(same).resolve())
                     results["params"] = count_student_params(run)  # inference runs the student path only
                     gflops = flops_per_query(run.model, run.spec.to_spec(), run.spec.max_video_len)
                     results["gflops"] = gflops / 1e9
     with locked_state(out) as state:
         write_report(out, state)
     return state, elsewhere
+
+
+# Run settings that change neither what is trained nor (beyond rounding) how: ignored by same_training.
+INCIDENTAL_RUN_FIELDS = ("progress", "threads", "checkpoint_every", "dist_timeout_s")
+
+
+def same_training(cfg: TrainConfig, run_dir: Path) -> bool:
+    """Whether `run_dir` is a finished run trained with `cfg`: same data, model, options, teachers,
+    optimiser, evaluation and seed (INCIDENTAL_RUN_FIELDS aside)."""
+    saved = run_dir / "config.json"
+    if not (saved.exists() and finished(run_dir, cfg.optim.epochs)):
+        return False
+
+    def essentials(config: TrainConfig) -> dict[str, Any]:
+        dumped = config.model_dump(mode="json")
+        for key in INCIDENTAL_RUN_FIELDS:
+            dumped["run"].pop(key, None)
+        return dumped
+
+    try:
+        theirs = TrainConfig.model_validate(json.loads(saved.read_text())["train"])
+    except (KeyError, ValueError):
+        return False
+    return essentials(theirs) == essentials(cfg)
 
 
 def read_state(out: Path) -> dict[str, Any]:
