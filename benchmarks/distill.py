@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from emtm.config import OptimConfig
+from emtm.config import OptimConfig, apply_overrides, read_mapping
 from emtm.data import synth
 from emtm.engine.ablate import parse_rows, run_ablation, summarise
 from emtm.engine.pipeline import Plan, Stage, run_pipeline
@@ -51,8 +52,19 @@ def gap_summary(report: dict[str, Any], key: str = "r1@0.7") -> dict[str, Any]:
 
 def data_yaml(args: argparse.Namespace, out: Path) -> Path:
     """The benchmark's data in out/data, written once: a re-run (or a second process) reads it as it is."""
-    if (out / "data" / "data.yaml").exists():
-        return out / "data" / "data.yaml"
+    knobs = apply_overrides({}, args.synth_option, "--synth-option", "noise_std=0.25")
+    cfg = None if args.charades else synth.with_overrides(synth.PRESETS[args.preset], knobs, "--synth-option")
+    existing = out / "data" / "data.yaml"
+    if existing.exists():
+        written = read_mapping(existing).get("synth", {})
+        wanted = asdict(cfg) if cfg else {}
+        differ = sorted(k for k in wanted if written.get(k) != wanted[k])
+        if differ:
+            raise SystemExit(
+                f"{existing} was written with other synth knobs ({', '.join(differ)}): use another --out, "
+                "or the knobs it was written with"
+            )
+        return existing
     if args.charades:
         folder = Path(args.charades)
         return synth.synthesize_features_for_annotations(
@@ -61,12 +73,19 @@ def data_yaml(args: argparse.Namespace, out: Path) -> Path:
             out / "data",
             durations=folder / "charades_durations.json",
         )
-    return synth.generate(synth.PRESETS[args.preset], out / "data")
+    return synth.generate(cfg, out / "data")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="default", help="synthetic preset (ignored with --charades)")
+    p.add_argument(
+        "--synth-option",
+        action="append",
+        default=[],
+        metavar="KNOB=VALUE",
+        help="change a knob of the preset, as emtm synth --set (e.g. noise_std=0.25; repeat)",
+    )
     p.add_argument("--charades", help="folder with charades_sta_{train,test}.txt and charades_durations.json")
     p.add_argument("--out", required=True)
     p.add_argument("--teachers", default=DEFAULT_TEACHERS, help="comma-separated teacher models")
@@ -86,6 +105,8 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     args = p.parse_args()
+    if not args.charades and args.preset not in synth.PRESETS:
+        p.error(f"unknown --preset {args.preset!r}; choose one of {', '.join(synth.PRESETS)}")
     out = Path(args.out)
     yaml_path = data_yaml(args, out)
     teacher_optim = OptimConfig(epochs=args.teacher_epochs, lr=args.lr)

@@ -28,6 +28,7 @@ from emtm.data.synth import (
     split_from_filename,
     synthesize_features_for_annotations,
     vocabulary_words,
+    with_overrides,
 )
 from emtm.data.text import load_word_vectors, tokenize
 from emtm.errors import ConfigError, DataError
@@ -331,3 +332,51 @@ def test_oracle_ceiling_is_below_100_only_through_the_annotation_jitter(load_ben
     assert exact["event span, whole clips"]["r1@0.7"] < 100.0  # rounding to clips costs a little
     jittered = ceiling.oracle_metrics(small)["event span"]
     assert 60.0 < jittered["r1@0.7"] < 95.0 and jittered["r1@0.3"] > 95.0
+
+
+def test_knobs_of_a_preset_can_be_changed_and_are_checked():
+    cfg = with_overrides(TINY, {"noise_std": 1, "repeat_share": 0.5})
+    assert cfg.noise_std == 1.0 and isinstance(cfg.noise_std, float) and cfg.repeat_share == 0.5
+    assert cfg.n_train_videos == TINY.n_train_videos and TINY.noise_std == 0.5  # the preset is untouched
+    with pytest.raises(ConfigError, match=r"--set noise: not a synth knob; the knobs are seed, .*noise_std"):
+        with_overrides(TINY, {"noise": 0.2})
+    with pytest.raises(ConfigError, match=r"n_train_videos=1.5: expected type int, like 60"):
+        with_overrides(TINY, {"n_train_videos": 1.5})
+    with pytest.raises(ConfigError, match="repeat_share and relation_share must be probabilities"):
+        with_overrides(TINY, {"repeat_share": 2.0})  # the config's own checks still run
+
+
+def test_synth_cli_set_writes_the_changed_knobs(tmp_path, capsys):
+    from emtm.cli import main
+
+    args = ["synth", "--preset", "tiny", "--seed", "0"]
+    assert main([*args, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*args, "--set", "noise_std=0.1", "--out", str(tmp_path / "clear")]) == 0
+    plain, clear = (
+        yaml.safe_load((tmp_path / n / "data.yaml").read_text())["synth"] for n in ("plain", "clear")
+    )
+    assert plain["preset"] == "tiny" and "preset" not in clear and clear["noise_std"] == 0.1
+    assert (tmp_path / "plain/train.txt").read_text() == (tmp_path / "clear/train.txt").read_text()
+    vid = sorted((tmp_path / "plain/features").glob("*.npy"))[0].name
+    a, b = (np.load(tmp_path / n / "features" / vid) for n in ("plain", "clear"))
+    assert a.shape == b.shape and not np.allclose(a, b)
+    assert main([*args, "--set", "noise_std", "--out", str(tmp_path / "x")]) == 2
+    assert "--set 'noise_std': expected KEY=VALUE" in capsys.readouterr().err
+    ann = tmp_path / "plain" / "train.txt"
+    assert (
+        main(["synth", "--annotations", str(ann), "--set", "noise_std=0.1", "--out", str(tmp_path / "y")])
+        == 2
+    )
+    assert "--set changes a preset's knobs" in capsys.readouterr().err
+
+
+def test_distill_benchmark_writes_its_data_once_and_refuses_other_knobs(tmp_path, load_benchmark):
+    import argparse
+
+    bench = load_benchmark("distill")
+    args = argparse.Namespace(charades=None, preset="tiny", synth_option=["noise_std=0.1"])
+    path = bench.data_yaml(args, tmp_path)
+    stamp = path.stat().st_mtime_ns
+    assert bench.data_yaml(args, tmp_path) == path and path.stat().st_mtime_ns == stamp  # read, not rewritten
+    with pytest.raises(SystemExit, match=r"written with other synth knobs \(noise_std\): use another --out"):
+        bench.data_yaml(argparse.Namespace(charades=None, preset="tiny", synth_option=[]), tmp_path)

@@ -32,8 +32,13 @@ def metrics_row(name: str, metrics: dict[str, Any], extra: list[Any] | None = No
 
 # ---------------------------------------------------------------------------------------------- synth
 def cmd_synth(args: argparse.Namespace) -> int:
+    from emtm.config import apply_overrides
     from emtm.data import synth
 
+    if args.annotations and args.set:
+        raise EmtmError(
+            "--set changes a preset's knobs; with --annotations only --feature-dim and --seed apply"
+        )
     if args.annotations:
         if args.format == "charades_sta" and not args.durations:
             beside = sorted(Path(args.annotations[0]).parent.glob("*durations*.json"))
@@ -53,11 +58,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
     else:
         if args.preset not in synth.PRESETS:
             raise EmtmError(f"unknown preset {args.preset!r}; choose one of {', '.join(synth.PRESETS)}")
-        cfg = synth.PRESETS[args.preset]
-        overrides = {"seed": args.seed}
+        overrides = apply_overrides({"seed": args.seed}, args.set, "--set", "noise_std=0.25")
         if args.feature_dim:
             overrides["feature_dim"] = args.feature_dim
-        cfg = type(cfg)(**{**cfg.__dict__, **overrides})
+        cfg = synth.with_overrides(synth.PRESETS[args.preset], overrides)
         yaml_path = synth.generate(cfg, args.out, feature_format=args.feature_format)
     summarize_dataset(yaml_path)
     return 0
@@ -478,6 +482,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="format of --annotations: charades_sta, activitynet, tacos, jsonl",
     )
     p.add_argument("--durations", help="durations file for charades_sta (JSON or Charades_v1_*.csv)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KNOB=VALUE",
+        help="change one knob of the preset, e.g. noise_std=0.25 or repeat_share=0.8 (repeat; the knobs: "
+        "SynthConfig in emtm/data/synth.py); data.yaml records every knob",
+    )
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("train", help="train a model (student, baselines, teachers) on a data.yaml")

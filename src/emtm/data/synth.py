@@ -31,7 +31,8 @@ vectors that share a common direction (`prototype_similarity`), seeded by the co
 Difficulty (default knobs, measured once on an H200): a VSLNet-like span model (GRU encoders,
 context-query attention, conditioned start/end heads, d=128, 8 epochs) reaches R1@0.5 ~65,
 R1@0.7 ~42, mIoU ~55 on "default" (R1@0.5 ~33 on "small"); a mean-pooling regressor stays at
-R1@0.5 ~17-20, mIoU ~24 on both, about the moment prior. Raise `noise_std` / `instance_std` for harder.
+R1@0.5 ~17-20, mIoU ~24 on both, about the moment prior. Raise `noise_std` / `instance_std` for harder
+(`emtm synth --set noise_std=0.7`, `with_overrides`).
 
 Sentences are drawn from templates ("a person opens the door.", "someone is opening a door.",
 "the man goes over and opens up the door." ...) with several verbs per action and 1-2 names
@@ -51,7 +52,7 @@ import hashlib
 import os
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from itertools import islice
 from pathlib import Path
 
@@ -361,6 +362,24 @@ PRESETS: dict[str, SynthConfig] = {
     "small-relational": SynthConfig(n_train_videos=1500, n_test_videos=375, repeat_share=0.8),
     "relational": SynthConfig(repeat_share=0.8),
 }
+
+
+def with_overrides(cfg: SynthConfig, overrides: dict[str, object], flag: str = "--set") -> SynthConfig:
+    """`cfg` with some knobs changed ({"noise_std": 0.25}); unknown knobs and wrong types are refused."""
+    knobs = {f.name: type(getattr(cfg, f.name)) for f in fields(SynthConfig)}
+    changed = {}
+    for key, value in overrides.items():
+        if key not in knobs:
+            raise ConfigError(f"{flag} {key}: not a synth knob; the knobs are {', '.join(knobs)}")
+        want = knobs[key]
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not want:
+            raise ConfigError(
+                f"{flag} {key}={value!r}: expected type {want.__name__}, like {getattr(cfg, key)!r}"
+            )
+        changed[key] = value
+    return replace(cfg, **changed)
 
 
 def preset_name(cfg: SynthConfig) -> str | None:
