@@ -23,6 +23,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from emtm.config import OptimConfig, apply_overrides, read_mapping
 from emtm.data import synth
 from emtm.engine.ablate import parse_rows, run_ablation, summarise
@@ -47,6 +49,21 @@ def gap_summary(report: dict[str, Any], key: str = "r1@0.7") -> dict[str, Any]:
         "gap": gap,
         "recovered": (emtm - alone) / gap if gap > 0 else None,
         "flops_ratio_to_best_teacher": report["EMTM student"]["gflops"] / best["gflops"],
+    }
+
+
+def miss_overlap(
+    per_query_iou: dict[str, dict[str, float]], a: str, b: str, miss: float = 0.1
+) -> dict[str, float]:
+    """Share (%) of test queries that model a, model b, and both miss (top-1 IoU < miss): whether the
+    models fail on the same queries (a limit in the data) or on different ones (room for an ensemble)."""
+    ids = sorted(per_query_iou[a])
+    x = np.array([per_query_iou[a][q] for q in ids]) < miss
+    y = np.array([per_query_iou[b][q] for q in ids]) < miss
+    return {
+        f"missed (IoU<{miss}): {a}": 100 * x.mean(),
+        f"missed: {b}": 100 * y.mean(),
+        "missed: both": 100 * (x & y).mean(),
     }
 
 
@@ -118,6 +135,9 @@ def main() -> None:
     )
     report = run_pipeline(plan, yaml_path, out / "pipeline", args.device, threads=args.threads)
     gap = gap_summary(report)
+    per_query = json.loads((out / "pipeline" / "per_query_iou.json").read_text())
+    overlap = miss_overlap(per_query, "student alone", f"teacher: {gap['best_teacher']}")
+    gap.update(overlap)
     write_json(out / "gap.json", gap)
     rows = [[k, f"{v:.3f}" if isinstance(v, float) else v] for k, v in gap.items()]
     write_markdown_table(out / "gap.md", ["quantity", "value"], rows, "teacher gap, test split, seed 0")

@@ -380,3 +380,13 @@ def test_distill_benchmark_writes_its_data_once_and_refuses_other_knobs(tmp_path
     assert bench.data_yaml(args, tmp_path) == path and path.stat().st_mtime_ns == stamp  # read, not rewritten
     with pytest.raises(SystemExit, match=r"written with other synth knobs \(noise_std\): use another --out"):
         bench.data_yaml(argparse.Namespace(charades=None, preset="tiny", synth_option=[]), tmp_path)
+
+
+def test_distill_benchmark_counts_the_queries_two_models_both_miss(load_benchmark):
+    bench = load_benchmark("distill")
+    ious = {
+        "a": {"q1": 0.0, "q2": 0.5, "q3": 0.05, "q4": 0.8},
+        "b": {"q1": 0.09, "q2": 0.05, "q3": 0.9, "q4": 0.1},
+    }
+    got = bench.miss_overlap(ious, "a", "b")
+    assert got == {"missed (IoU<0.1): a": 50.0, "missed: b": 50.0, "missed: both": 25.0}
