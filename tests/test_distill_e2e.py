@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -261,10 +262,9 @@ def test_ablation_evaluates_a_finished_run_of_the_same_config_instead_of_trainin
     args = ["ablate", "--data", str(tiny_data), "--teachers", "x.h5", "--out", str(out), "--rows", "1"]
     args += ["--epochs", "1", "--device", "cpu", "--threads", "1", "--reuse", str(earlier)]
     assert main([*args, "--seeds", "2"]) == 0
-    assert (
-        f"student alone, seed 0: the finished run {earlier} has this config, evaluated"
-        in capsys.readouterr().out
-    )
+    printed = capsys.readouterr().out
+    assert f"student alone, seed 0: the finished run {earlier} has this config, evaluated" in printed
+    assert re.search(r"student alone, seed 1: test R1@0\.7 \d+\.\d\d, mIoU \d+\.\d\d", printed)
     assert not (out / "student-alone" / "seed0").exists()
     assert (out / "student-alone" / "seed1" / "model.safetensors").exists()
     row = json.loads((out / "ablation.json").read_text())["rows"]["student alone"]

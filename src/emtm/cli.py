@@ -231,7 +231,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         state, elsewhere = run_ablation(
             Path(args.data), args.teachers, Path(args.out), args.seeds, args.epochs, args.lr, args.device,
             parse_rows(args.rows), apply_overrides({}, args.emtm_option, "--emtm-option", "kd_weight=3.2"),
-            threads=args.threads, reuse=[Path(r) for r in args.reuse],
+            threads=args.threads, reuse=[Path(r) for r in args.reuse], progress=not args.no_progress,
         )  # fmt: skip
     except TrainingStopped as stop:
         raise stop.rerun("emtm ablate") from None
@@ -547,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="an EMTM model option for every distilled row, e.g. kd_weight=3.2 (repeat)",
     )
     p.add_argument("--threads", type=int, help="CPU threads per process (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
         "--reuse",
         action="append",

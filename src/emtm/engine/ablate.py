@@ -72,20 +72,21 @@ def run_ablation(
     emtm_options: dict[str, Any] | None = None,
     threads: int | None = None,
     reuse: Sequence[Path] = (),
+    progress: bool = True,
 ) -> tuple[dict[str, Any], list[str]]:
     """Train and evaluate every ablation row (or only the row numbers in `rows`) over `seeds` seeds.
 
     `emtm_options` (e.g. {"kd_weight": 3.2}) apply to every distilled row, under the row's own options.
     Training and evaluation run at `threads` intra-op threads (None: as they are). A (row, seed) whose
     training config is that of a finished run in `reuse` (same_training) is evaluated from that run
-    instead of being trained again. Returns the merged state of ablation.json and the runs left to
-    other processes still training them.
+    instead of being trained again. `progress`: a progress bar per epoch. Returns the merged state of
+    ablation.json and the runs left to other processes still training them.
     """
     if threads is not None and threads < 1:
         raise EmtmError(f"threads must be at least 1, got {threads}")
     with num_threads(threads):
         return _run_ablation(
-            data, teachers, out, seeds, epochs, lr, device, rows, emtm_options, threads, reuse
+            data, teachers, out, seeds, epochs, lr, device, rows, emtm_options, threads, reuse, progress
         )
 
 
@@ -101,6 +102,7 @@ def _run_ablation(
     emtm_options: dict[str, Any] | None,
     threads: int | None,
     reuse: Sequence[Path],
+    progress: bool,
 ) -> tuple[dict[str, Any], list[str]]:
     out.mkdir(parents=True, exist_ok=True)
     emtm_options = dict(emtm_options or {})
@@ -133,7 +135,7 @@ def _run_ablation(
                     model_options=extra if row.model == "emtm" else dict(row.options),
                     teachers=row.teachers,
                     optim={"epochs": epochs, "lr": lr},
-                    run={"seed": seed, "device": device, "progress": False, "threads": threads},
+                    run={"seed": seed, "device": device, "progress": progress, "threads": threads},
                 )
                 same = next((r for r in reuse if same_training(cfg, Path(r))), None)
                 if same is not None:
@@ -144,6 +146,8 @@ def _run_ablation(
                 run = load_run(run_dir, device=dev)
                 test = split_dataset(cfg.data, "test", run.vocab, seed)
                 metrics = evaluate(run.model, test, run.cfg.eval, dev, batch_size=128)
+                r1, miou = metrics["r1@0.7"], metrics["miou"]
+                print(f"  {row.name}, seed {seed}: test R1@0.7 {r1:.2f}, mIoU {miou:.2f}", flush=True)
                 with locked_state(out) as state:
                     results = state["rows"].setdefault(row.name, {"seeds": {}})
                     results["seeds"][str(seed)] = metrics
