@@ -11,7 +11,9 @@ Steps (each resumable: re-running keeps what is finished):
      report.md with R1, mIoU, FLOPs, params and time per query;
   3. emtm.engine.ablate: the paper's ablation rows over --seeds seeds (--rows picks rows by number);
      seed 0 of rows 1 and 5 is step 2's student alone and EMTM student, evaluated, not trained again;
-  4. gap.json / gap.md: best teacher vs student alone vs EMTM, and the share of the gap EMTM recovers.
+  4. gap.json / gap.md: best teacher vs student alone vs EMTM, and the share of the gap EMTM recovers;
+     on a synthetic preset also kinds.json / kinds.md: every model's test R1@0.7 and mIoU by how the
+     query names its event (single, ordinal or relational: `emtm.data.synth.query_kind`).
 Uses the GPU when there is one.
 """
 
@@ -29,6 +31,7 @@ from emtm.config import OptimConfig, apply_overrides, read_mapping
 from emtm.data import synth
 from emtm.engine.ablate import parse_rows, run_ablation, summarise
 from emtm.engine.pipeline import Plan, Stage, run_pipeline
+from emtm.engine.predictions import split_samples
 from emtm.io import write_json, write_markdown_table
 
 DEFAULT_TEACHERS = "seqpan,eamat,proposals,regress"
@@ -65,6 +68,39 @@ def miss_overlap(
         f"missed: {b}": 100 * y.mean(),
         "missed: both": 100 * (x & y).mean(),
     }
+
+
+def kind_breakdown(
+    per_query_iou: dict[str, dict[str, float]], kinds: dict[str, str]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Each model's R1@0.7 and mIoU (%) over the test queries of each kind (qid -> kind)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for model, ious in per_query_iou.items():
+        out[model] = {}
+        for kind in synth.QUERY_KINDS:
+            values = np.array([iou for qid, iou in ious.items() if kinds[qid] == kind])
+            if len(values):
+                out[model][kind] = {
+                    "queries": len(values),
+                    "r1@0.7": 100 * float((values >= 0.7).mean()),
+                    "miou": 100 * float(values.mean()),
+                }
+    return out
+
+
+def write_kinds(out: Path, yaml_path: Path, per_query_iou: dict[str, dict[str, float]]) -> None:
+    """kinds.json / kinds.md: kind_breakdown of the pipeline's test predictions."""
+    samples, _ = split_samples(yaml_path, "test")
+    table = kind_breakdown(per_query_iou, {s.sample_id: synth.query_kind(s.sentence) for s in samples})
+    write_json(out / "kinds.json", table)
+    present = [k for k in synth.QUERY_KINDS if any(k in row for row in table.values())]
+    counts = {k: next(row[k]["queries"] for row in table.values() if k in row) for k in present}
+    columns = ["model"] + [f"{k} ({counts[k]}): R1@0.7 / mIoU" for k in present]
+    rows = [
+        [model] + [f"{row[k]['r1@0.7']:.2f} / {row[k]['miou']:.2f}" if k in row else "-" for k in present]
+        for model, row in table.items()
+    ]
+    write_markdown_table(out / "kinds.md", columns, rows, "test split by query kind, seed 0")
 
 
 def data_yaml(args: argparse.Namespace, out: Path) -> Path:
@@ -142,6 +178,9 @@ def main() -> None:
     rows = [[k, f"{v:.3f}" if isinstance(v, float) else v] for k, v in gap.items()]
     write_markdown_table(out / "gap.md", ["quantity", "value"], rows, "teacher gap, test split, seed 0")
     print(json.dumps(gap, indent=2))
+    if not args.charades:
+        write_kinds(out, yaml_path, per_query)
+        print((out / "kinds.md").read_text())
     if args.seeds:
         caches = [str(out / "pipeline" / "caches" / f"{name}.h5") for name in plan.teachers]
         picked = parse_rows(args.rows)

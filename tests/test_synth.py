@@ -24,6 +24,7 @@ from emtm.data.synth import (
     make_prototypes,
     make_scripts,
     make_sentence,
+    query_kind,
     render_video,
     split_from_filename,
     synthesize_features_for_annotations,
@@ -307,14 +308,17 @@ def test_relational_preset_repeats_events_and_queries_say_which_instance():
             twins = [j for j, p in enumerate(pairs(v)) if p == pairs(v)[q.event]]
             if len(twins) == 1:
                 assert not re.search(r"for the \w+ time\.$| (after|before) \w+ing ", q.sentence), q.sentence
+                assert query_kind(q.sentence) == "single", q.sentence
                 continue
             assert " again" not in q.sentence, q.sentence
             if m := re.search(r"for the (first|second) time\.$", q.sentence):
                 kinds["ordinal"] += 1
+                assert query_kind(q.sentence) == "ordinal", q.sentence
                 assert twins.index(q.event) == ("first", "second").index(m.group(1))
                 continue
             m = re.search(r" (after|before) (\w+ing) .*\.$", q.sentence)
             assert m, q.sentence
+            assert query_kind(q.sentence) == "relational", q.sentence
             kinds[m.group(1)] += 1
             neighbour = v.events[q.event - 1 if m.group(1) == "after" else q.event + 1]
             verbs = {verb.ing for verb in ACTIONS[neighbour.action].verbs}
@@ -380,6 +384,20 @@ def test_distill_benchmark_writes_its_data_once_and_refuses_other_knobs(tmp_path
     assert bench.data_yaml(args, tmp_path) == path and path.stat().st_mtime_ns == stamp  # read, not rewritten
     with pytest.raises(SystemExit, match=r"written with other synth knobs \(noise_std\): use another --out"):
         bench.data_yaml(argparse.Namespace(charades=None, preset="tiny", synth_option=[]), tmp_path)
+
+
+def test_distill_benchmark_scores_each_kind_of_query(load_benchmark):
+    bench = load_benchmark("distill")
+    ious = {
+        "a": {"q1": 0.8, "q2": 0.6, "q3": 0.9, "q4": 0.2},
+        "b": {"q1": 0.1, "q2": 0.75, "q3": 0.0, "q4": 0.7},
+    }
+    kinds = {"q1": "single", "q2": "single", "q3": "relational", "q4": "relational"}
+    got = bench.kind_breakdown(ious, kinds)
+    assert set(got["a"]) == {"single", "relational"}  # no ordinal queries: no ordinal entry
+    assert got["a"]["single"] == {"queries": 2, "r1@0.7": 50.0, "miou": pytest.approx(70.0)}
+    assert got["b"]["relational"] == {"queries": 2, "r1@0.7": 50.0, "miou": pytest.approx(35.0)}
+    assert got["a"]["relational"]["r1@0.7"] == 50.0 and got["b"]["single"]["r1@0.7"] == 50.0
 
 
 def test_distill_benchmark_counts_the_queries_two_models_both_miss(load_benchmark):

@@ -581,6 +581,20 @@ def disambiguate(
 
 
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth")
+QUERY_KINDS = ("single", "ordinal", "relational")
+_ORDINAL_SUFFIX = re.compile(rf" for the (?:{'|'.join(ORDINALS)}) time\.$")
+_RELATION_SUFFIX = re.compile(r" (?:after|before) \S+ing\b[^.]*\.$")
+
+
+def query_kind(sentence: str) -> str:
+    """How a sentence of the built-in benchmark names its event: 'single' (the event happens once),
+    'ordinal' (a repeated event, "... for the second time.") or 'relational' (a repeated event named
+    by a neighbour, "... after opening the door."), read back from what `disambiguate` appends."""
+    if _ORDINAL_SUFFIX.search(sentence):
+        return "ordinal"
+    if _RELATION_SUFFIX.search(sentence):
+        return "relational"
+    return "single"
 
 
 def verb_phrases(action: int, obj: int, rng: np.random.Generator, possessive: str) -> dict[str, str]:
