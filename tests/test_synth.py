@@ -408,3 +408,22 @@ def test_distill_benchmark_counts_the_queries_two_models_both_miss(load_benchmar
     }
     got = bench.miss_overlap(ious, "a", "b")
     assert got == {"missed (IoU<0.1): a": 50.0, "missed: b": 50.0, "missed: both": 25.0}
+
+
+def test_hard_preset_repeats_more_events_and_has_more_distractors_than_relational():
+    def stats(name: str) -> tuple[float, float, float]:
+        cfg = dataclasses.replace(PRESETS[name], n_train_videos=400, n_test_videos=0)
+        videos = make_scripts(cfg)["train"]
+        pairs = [[(e.action, e.object) for e in v.events] for v in videos]
+        repeated = sum(len(set(p)) < len(p) for p in pairs) / len(videos)
+        later = [(p[i], p[:i]) for p in pairs for i in range(1, len(p))]
+        shares = sum(any(a == b[0] or o == b[1] for b in before) for (a, o), before in later) / len(later)
+        twins = [q for v, p in zip(videos, pairs) for q in v.queries if p.count(p[q.event]) > 1]
+        return repeated, shares, len(twins) / sum(len(v.queries) for v in videos)
+
+    relational, hard = stats("relational"), stats("hard")
+    assert hard[0] > relational[0] + 0.04, (relational, hard)  # more videos repeat an event
+    assert hard[1] > relational[1] + 0.08, (relational, hard)  # more events share an action or object
+    assert hard[2] > relational[2] + 0.03, (relational, hard)  # more queries must say which instance
+    full_size = {"n_train_videos": 5338, "n_test_videos": 1334}
+    assert dataclasses.replace(PRESETS["small-hard"], **full_size) == PRESETS["hard"]

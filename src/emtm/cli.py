@@ -463,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--preset",
         default="default",
-        help="tiny, small, default (Charades-STA size), small-relational or relational (repeated events)",
+        help="tiny, small, default (Charades-STA size); harder: small-relational, relational (repeated "
+        "events), small-hard, hard (every video repeats an event, more distractors)",
     )
     p.add_argument("--out", default="data/synth", help="output folder (gets data.yaml)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same bytes")

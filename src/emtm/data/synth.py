@@ -354,13 +354,19 @@ class SynthConfig:
             raise ConfigError("synth: repeat_share and relation_share must be probabilities in [0, 1]")
 
 
+_SMALL = {"n_train_videos": 1500, "n_test_videos": 375}
+_HARD = {"repeat_share": 1.0, "distractor_share": 0.9, "reverse_share": 0.8}
 PRESETS: dict[str, SynthConfig] = {
     "tiny": SynthConfig(n_train_videos=60, n_test_videos=20, feature_dim=64),
-    "small": SynthConfig(n_train_videos=1500, n_test_videos=375),
+    "small": SynthConfig(**_SMALL),
     "default": SynthConfig(),
     # Harder: most videos repeat an event, and its queries say which instance they mean.
-    "small-relational": SynthConfig(n_train_videos=1500, n_test_videos=375, repeat_share=0.8),
+    "small-relational": SynthConfig(**_SMALL, repeat_share=0.8),
     "relational": SynthConfig(repeat_share=0.8),
+    # Hardest: every video of >= 3 events repeats one, nearly every event is a distractor of an
+    # earlier one, and most shared-object distractors are the reverse action (docs/RESULTS.md).
+    "small-hard": SynthConfig(**_SMALL, **_HARD),
+    "hard": SynthConfig(**_HARD),
 }
 
 
