@@ -363,8 +363,9 @@ PRESETS: dict[str, SynthConfig] = {
     # Harder: most videos repeat an event, and its queries say which instance they mean.
     "small-relational": SynthConfig(**_SMALL, repeat_share=0.8),
     "relational": SynthConfig(repeat_share=0.8),
-    # Hardest: every video of >= 3 events repeats one, nearly every event is a distractor of an
-    # earlier one, and most shared-object distractors are the reverse action (docs/RESULTS.md).
+    # Hardest: every video of >= 3 events is asked to repeat one (57% do; a twin that does not fit
+    # is dropped), 80% of the later events share an action or object with an earlier one, and most
+    # shared-object distractors are the reverse action (docs/RESULTS.md).
     "small-hard": SynthConfig(**_SMALL, **_HARD),
     "hard": SynthConfig(**_HARD),
 }
