@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -97,3 +98,16 @@ def test_a_broken_run_directory_is_a_clear_error(tmp_path: Path, capsys: pytest.
     (tmp_path / "config.json").write_text("{not json")
     assert main(["evaluate", "--run", str(tmp_path)]) == 2
     assert "config.json: not readable JSON" in capsys.readouterr().err
+
+
+def test_synth_help_names_every_preset_and_an_unknown_one_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from emtm.data.synth import PRESETS
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    preset = next(a for a in commands.choices["synth"]._actions if a.dest == "preset")
+    assert [name for name in PRESETS if name not in preset.help.replace(",", " ").split()] == []
+    assert main(["synth", "--preset", "huge", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown preset 'huge'" in err and all(name in err for name in PRESETS)

@@ -668,7 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job on built-in data: synth -> train -> evaluate -> table")
     p.add_argument("--out", default="runs/demo", help="where the demo's runs and results go")
     p.add_argument("--data-dir", default="data/synth-demo", help="where the synthetic benchmark is written")
-    p.add_argument("--preset", default="small", help="synthetic benchmark preset")
+    p.add_argument("--preset", default="small", help="synthetic benchmark preset (see emtm synth --help)")
     p.add_argument("--epochs", type=int, default=None, help="epochs for each model (default: the demo's)")
     p.set_defaults(func=cmd_demo)
 
