@@ -32,6 +32,9 @@ def test_teacher_export_distill_evaluate(
     assert main(args) == 0
     history = json.loads((run / "metrics.json").read_text())["history"]
     assert {"train_kd", "train_ensemble", "train_iso"} <= set(history[0])
+    kau = json.loads((run / "kau.json").read_text())  # how the KAU weighs its one teacher, on val
+    assert kau["split"] == "val" and kau["teachers"][0]["weight_start"] == pytest.approx(1.0)
+    assert "KAU weights over" in capsys.readouterr().out
 
     student = run / "student"
     weights = load_file(student / "model.safetensors")

@@ -217,9 +217,26 @@ def cmd_distill(args: argparse.Namespace) -> int:
         ["split", *METRIC_KEYS, "queries"],
         [metrics_row("val", best, [best["n_queries"]])],
     )
+    summary = kau_summary(Path(args.out))
+    if summary is not None:
+        print_kau_summary(summary)
     print(f"student-only run (no teacher branch, no KAU): {student_dir}")
     print(f"next: emtm evaluate --run {student_dir} --split test")
     return 0
+
+
+def kau_summary(run_dir: Path) -> dict[str, Any] | None:
+    """TeacherView.summary of a distilled run on its validation queries, also written to kau.json."""
+    from emtm.distill.show import TeacherView
+    from emtm.engine.checkpoint import load_run
+    from emtm.io import write_json
+
+    run = load_run(run_dir)
+    if not run.cfg.teachers:
+        return None
+    summary = TeacherView(run, split="val").summary()
+    write_json(run_dir / "kau.json", summary)
+    return summary
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
@@ -267,11 +284,46 @@ def cmd_recipe(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from emtm.distill.show import show_query
+    from emtm.distill.show import TeacherView, show_query
+    from emtm.engine.checkpoint import load_run
+    from emtm.io import write_json
 
-    path = show_query(args.run, args.sample_id, args.out, args.data, args.split, args.teachers)
-    print(f"wrote {path}")
+    if args.sample_id:
+        path = show_query(
+            args.run, args.sample_id, args.out or "query.png", args.data, args.split, args.teachers
+        )
+        print(f"wrote {path}")
+        return 0
+    summary = TeacherView(load_run(args.run), args.data, args.split, args.teachers).summary()
+    print_kau_summary(summary)
+    if args.out:
+        write_json(Path(args.out), summary)
+        print(f"wrote {args.out}")
     return 0
+
+
+def print_kau_summary(summary: dict[str, Any]) -> None:
+    """The table of TeacherView.summary: how the KAU weighs the teachers, against a per-query oracle."""
+    rows = [
+        [
+            t["teacher"],
+            f"{t['weight_start']:.3f} / {t['weight_end']:.3f}",
+            f"{t['weight_std']:.3f}",
+            f"{100 * t['kau_top_share']:.1f}%",
+            f"{100 * t['oracle_share']:.1f}%",
+            f"{t['hard_loss']:.3f}",
+        ]
+        for t in summary["teachers"]
+    ]
+    rows += [
+        [f"mix: {name}", "", "", "", "", f"{v:.3f}"] for name, v in summary["ensemble_hard_loss"].items()
+    ]
+    print_table(
+        f"KAU weights over {summary['n_queries']} {summary['split']} queries; its top pick is the oracle's "
+        f"on {100 * summary['kau_agrees_with_oracle']:.1f}% of the boundaries; hard loss: lower is better",
+        ["teacher", "weight start / end", "std (queries)", "KAU's top pick", "oracle's pick", "hard loss"],
+        rows,
+    )
 
 
 def cmd_teachers(args: argparse.Namespace) -> int:
@@ -573,12 +625,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     p.set_defaults(func=cmd_recipe)
 
-    p = sub.add_parser("show", help="draw one query: teachers, KAU weights, ensemble, student")
+    p = sub.add_parser(
+        "show",
+        help="draw one query: teachers, KAU weights, ensemble, student (or the KAU's weights over a split)",
+    )
     p.add_argument("--run", required=True, help="a run written by emtm distill")
-    p.add_argument("--sample-id", required=True, help="the query's sample_id (e.g. VIDEO_0)")
-    p.add_argument("--out", default="query.png", help="PNG to write")
+    p.add_argument(
+        "--sample-id",
+        help="the query's sample_id (e.g. VIDEO_0); without it: a table of how the KAU weighs the teachers "
+        "over the whole split, against a per-query oracle",
+    )
+    p.add_argument("--out", help="PNG to write (default query.png); without --sample-id: a JSON of the table")
     p.add_argument("--data", help="data.yaml (default: the run's)")
-    p.add_argument("--split", default="train", help="the query's split (default train)")
+    p.add_argument(
+        "--split",
+        default="train",
+        help="the split (default train; val: the validation queries held out of train, with its caches)",
+    )
     p.add_argument(
         "--teachers", nargs="+", help="caches exported on --split, in the run's order (default: its own)"
     )

@@ -13,10 +13,15 @@ from emtm.models.layers import masked_log_softmax
 from emtm.models.losses import smoothed_boundary_targets
 
 
-def distribution_ce(dist: Tensor, index: Tensor, mask: Tensor) -> Tensor:
-    """Soft-target CE of a (B, L) distribution against the smoothed boundary label, batch mean."""
+def distribution_ce_per_query(dist: Tensor, index: Tensor, mask: Tensor) -> Tensor:
+    """(B,): soft-target CE of each row of a (B, L) distribution against the smoothed boundary label."""
     log_p = dist.clamp_min(1e-12).log().masked_fill(~mask, 0.0)
-    return -(smoothed_boundary_targets(index, mask) * log_p).sum(1).mean()
+    return -(smoothed_boundary_targets(index, mask) * log_p).sum(1)
+
+
+def distribution_ce(dist: Tensor, index: Tensor, mask: Tensor) -> Tensor:
+    """distribution_ce_per_query, batch mean."""
+    return distribution_ce_per_query(dist, index, mask).mean()
 
 
 def ensemble_hard_loss(start: Tensor, end: Tensor, batch: dict[str, Tensor]) -> Tensor:

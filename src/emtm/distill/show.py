@@ -7,17 +7,23 @@ start/end distributions with its KAU weights, the ensemble, and the student's pr
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
 
 from emtm.data.dataset import split_dataset
 from emtm.data.records import Sample
 from emtm.distill.cache import TeacherCache
 from emtm.distill.data import TeacherDataset, collate_with_teachers
 from emtm.distill.kau import ensemble
+from emtm.distill.losses import distribution_ce_per_query
 from emtm.engine.checkpoint import LoadedRun, load_run
 from emtm.errors import EmtmError
 from emtm.io import atomic_path
@@ -67,7 +73,7 @@ class TeacherView:
         self.base = split_dataset(self.data_yaml, split, run.vocab, run.cfg.run.seed)
         self.caches = [TeacherCache(path) for path in teachers]
         for cache in self.caches:
-            if cache.meta.split != split:
+            if cache.meta.split != split and not (split == "val" and cache.meta.split == "train"):
                 raise EmtmError(
                     f"{cache.path}: built for split {cache.meta.split!r}, not {split!r}; export the teacher "
                     f"on it: emtm teachers export --run RUN --split {split} --out FILE"
@@ -88,35 +94,107 @@ class TeacherView:
         return index
 
     @torch.no_grad()
-    def explain(self, index: int) -> QueryView:
-        """The teachers' distributions, the KAU weights, the ensemble and the student for query `index`."""
-        k = len(self.caches)
-        batch = collate_with_teachers([self.dataset[index]], self.run.spec.max_word_chars)
+    def weigh(self, batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
+        """The student's outputs and the KAU's (B, K, 2) weights over the cached teachers for a batch of
+        collate_with_teachers: per-clip weights are averaged over each query's valid clips, and a live
+        isomorphic teacher's share (iso_in_kau) is left out, the rest renormalised to sum to 1."""
+        k = batch["teacher_dists"].shape[1]
         model = self.run.model.eval()
         enc = model.encoder(batch)
-        out_student = model.head(enc.video, enc.query, enc.video_mask, enc.query_mask)
-        teacher_dists = batch["teacher_dists"]
-        if hasattr(model, "kau"):
-            weights = model.kau(enc.video, enc.query, enc.video_mask, enc.query_mask)[:, :k]
-        else:
-            weights = torch.full((1, k, 2), 1.0 / k)
-        if weights.dim() == 4:  # per-clip weights: show their mean over the clips
-            weights = weights.mean(1)
-        ens_start, ens_end = ensemble(teacher_dists, weights / weights.sum(1, keepdim=True), enc.video_mask)
-        mask = batch["video_mask"]
+        student = model.head(enc.video, enc.query, enc.video_mask, enc.query_mask)
+        if not hasattr(model, "kau"):
+            return student, torch.full((len(enc.video), k, 2), 1.0 / k)
+        weights = model.kau(enc.video, enc.query, enc.video_mask, enc.query_mask)
+        if weights.dim() == 4:  # (B, L, K', 2) per clip
+            keep = enc.video_mask[:, :, None, None].to(weights.dtype)
+            weights = (weights * keep).sum(1) / keep.sum(1)
+        weights = weights[:, :k]
+        return student, weights / weights.sum(1, keepdim=True)
+
+    def batches(self, batch_size: int = 64) -> Iterator[dict[str, Tensor]]:
+        loader = DataLoader(
+            self.dataset,
+            batch_size=batch_size,
+            collate_fn=partial(collate_with_teachers, max_chars=self.run.spec.max_word_chars),
+        )
+        yield from loader
+
+    def explain(self, index: int) -> QueryView:
+        """The teachers' distributions, the KAU weights, the ensemble and the student for query `index`."""
+        batch = collate_with_teachers([self.dataset[index]], self.run.spec.max_word_chars)
+        out_student, weights = self.weigh(batch)
+        teacher_dists, mask = batch["teacher_dists"], batch["video_mask"]
+        ens_start, ens_end = ensemble(teacher_dists, weights, mask)
         student_start = masked_softmax(out_student["start_logits"], mask)[0].numpy()
         student_end = masked_softmax(out_student["end_logits"], mask)[0].numpy()
-        pred = model.predict(out_student, batch, top_k=1)
+        pred = self.run.model.predict(out_student, batch, top_k=1)
         sample = self.base.samples[index]
         return QueryView(
             sample=sample,
-            teachers=[c.meta.teacher for c in self.caches],
+            teachers=self.names,
             teacher_dists=teacher_dists[0].numpy(),
             weights=weights[0].numpy(),
             ensemble=(ens_start[0].numpy(), ens_end[0].numpy()),
             student=(student_start, student_end),
             window=pred.windows[0, 0].numpy() * sample.duration,
         )
+
+    @property
+    def names(self) -> list[str]:
+        return [c.meta.teacher for c in self.caches]
+
+    @torch.no_grad()
+    def summary(self, batch_size: int = 64) -> dict[str, Any]:
+        """How the KAU weighs the teachers over the whole split, against a per-query oracle.
+
+        Per teacher: its mean start and end weight, the spread of its weight over queries, how often the
+        KAU gives it the most weight and how often it is the oracle's pick (the teacher whose own start
+        or end distribution has the lowest cross-entropy against the smoothed ground truth, the
+        ensemble hard loss's target), and that cross-entropy alone. Then the ensemble hard loss of the
+        KAU's mixture, of the plain mean and of the oracle's per-query pick; lower is better."""
+        weights, losses, ens = [], [], {"KAU weights": [], "plain mean": []}
+        for batch in self.batches(batch_size):
+            dists, mask = batch["teacher_dists"], batch["video_mask"]
+            _, w = self.weigh(batch)
+            k = dists.shape[1]
+            per_teacher = [
+                torch.stack(
+                    [distribution_ce_per_query(dists[:, t, j], batch[key], mask) for t in range(k)], 1
+                )
+                for j, key in enumerate(("start_index", "end_index"))
+            ]
+            losses.append(torch.stack(per_teacher, -1))  # (B, K, 2)
+            weights.append(w)
+            for name, mix in (("KAU weights", w), ("plain mean", torch.full_like(w, 1.0 / k))):
+                start, end = ensemble(dists, mix, mask)
+                ens[name].append(
+                    distribution_ce_per_query(start, batch["start_index"], mask)
+                    + distribution_ce_per_query(end, batch["end_index"], mask)
+                )
+        w, ce = torch.cat(weights), torch.cat(losses)  # (N, K, 2) each
+        top, best = w.argmax(1), ce.argmin(1)  # (N, 2): per query and boundary
+        teachers = [
+            {
+                "teacher": name,
+                "weight_start": w[:, t, 0].mean().item(),
+                "weight_end": w[:, t, 1].mean().item(),
+                "weight_std": w[:, t].std(0).mean().item() if len(w) > 1 else 0.0,
+                "kau_top_share": (top == t).float().mean().item(),
+                "oracle_share": (best == t).float().mean().item(),
+                "hard_loss": ce[:, t].sum(-1).mean().item(),
+            }
+            for t, name in enumerate(self.names)
+        ]
+        loss = {name: torch.cat(values).mean().item() for name, values in ens.items()}
+        loss["oracle pick"] = ce.min(1).values.sum(-1).mean().item()
+        return {
+            "run": str(self.run.run_dir),
+            "split": self.split,
+            "n_queries": len(w),
+            "teachers": teachers,
+            "ensemble_hard_loss": loss,
+            "kau_agrees_with_oracle": (top == best).float().mean().item(),
+        }
 
 
 def show_query(

@@ -1,0 +1,89 @@
+"""How a distilled run's KAU weighs its teachers over a split (`emtm show` without --sample-id, and the
+table `emtm distill` prints and writes to kau.json), checked on two imported teachers: one at the ground
+truth, one far from it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from emtm.cli import main
+from emtm.config import TrainConfig, load_data_config
+from emtm.data.dataset import prepare
+from emtm.distill.cache import import_outputs
+from emtm.distill.show import TeacherView
+from emtm.engine.checkpoint import load_run
+from emtm.engine.train import train
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_and_caches(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """An EMTM run distilled for 1 epoch from a teacher at the ground truth and one at the far end."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("kau")
+    samples = prepare(load_data_config(tiny_data), 0, ("train",)).splits["train"].samples
+    right, wrong = [], []
+    for s in samples:
+        right.append({"sample_id": s.sample_id, "unit": "seconds", "window": [s.start, s.end]})
+        far = [0.9, 1.0] if (s.start + s.end) / 2 < s.duration / 2 else [0.0, 0.1]
+        wrong.append({"sample_id": s.sample_id, "unit": "fraction", "window": far})
+    caches = [
+        str(import_outputs("regression", write_jsonl(out / f"{name}.jsonl", records), tiny_data, "train",
+                           out / f"{name}.h5", teacher_name=name))
+        for name, records in (("right", right), ("wrong", wrong))
+    ]  # fmt: skip
+    cfg = TrainConfig(
+        data=str(tiny_data),
+        model="emtm",
+        model_options={"d": 32, "n_heads": 4, "n_teachers": 2},
+        optim={"epochs": 1, "batch_size": 16},
+        run={"progress": False, "device": "cpu"},
+        teachers=caches,
+    )
+    train(cfg, out / "emtm")
+    return out / "emtm", caches
+
+
+def test_summary_against_the_oracle(run_and_caches: tuple[Path, list[str]]) -> None:
+    run, _ = run_and_caches
+    view = TeacherView(load_run(run), split="train")
+    summary = view.summary(batch_size=7)  # batches with padding
+    right, wrong = summary["teachers"]
+    assert (right["teacher"], wrong["teacher"]) == ("right", "wrong")
+    assert summary["n_queries"] == len(view)
+    for key in ("weight_start", "weight_end"):
+        assert right[key] + wrong[key] == pytest.approx(1.0, abs=1e-5)
+    assert right["kau_top_share"] + wrong["kau_top_share"] == pytest.approx(1.0)
+    # the teacher at the ground truth is the oracle's pick on every boundary, and much the better one
+    assert (right["oracle_share"], wrong["oracle_share"]) == (1.0, 0.0)
+    assert right["hard_loss"] < wrong["hard_loss"] - 1.0
+    assert summary["kau_agrees_with_oracle"] == pytest.approx(right["kau_top_share"])
+    loss = summary["ensemble_hard_loss"]
+    assert loss["oracle pick"] == pytest.approx(right["hard_loss"], rel=1e-5)
+    # a mixture's cross-entropy is at most the mixture of the cross-entropies (-log is convex)
+    assert loss["oracle pick"] < loss["plain mean"] <= (right["hard_loss"] + wrong["hard_loss"]) / 2
+    assert loss["oracle pick"] <= loss["KAU weights"]
+    # the per-query weights are the KAU's own: one query alone gives what the padded batch gave
+    _, batched = view.weigh(next(iter(view.batches(7))))
+    assert view.explain(0).weights == pytest.approx(batched[0].numpy(), abs=1e-5)
+
+
+def test_show_without_a_sample_prints_and_writes_the_table(
+    run_and_caches: tuple[Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run, _ = run_and_caches
+    out = tmp_path / "kau.json"
+    assert main(["show", "--run", str(run), "--split", "val", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "KAU weights over" in printed and "val queries" in printed and "oracle pick" in printed
+    written = json.loads(out.read_text())
+    assert written["split"] == "val" and [t["teacher"] for t in written["teachers"]] == ["right", "wrong"]
+    assert 0 < written["n_queries"] < TeacherView(load_run(run), split="train").__len__()
