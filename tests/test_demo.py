@@ -43,6 +43,9 @@ def test_demo_reports_every_model_and_draws_figures(demo: Path, capsys: pytest.C
     assert report["EMTM student"]["gflops"] < report["teacher: seqpan"]["gflops"]
     assert all(report[name]["train_s"] > 0 for name in ROWS[1:])
     assert "| EMTM student |" in (demo / "report.md").read_text()
+    kau = json.loads((demo / "emtm" / "kau.json").read_text())  # the KAU's weights on validation
+    assert [t["teacher"] for t in kau["teachers"]] == list(DEMO_TEACHERS)
+    assert sum(t["weight_start"] for t in kau["teachers"]) == pytest.approx(1.0, abs=1e-4)
     # one teacher cache per teacher on train, and on test for the figures
     for teacher in DEMO_TEACHERS:
         assert (demo / "caches" / f"{teacher}.h5").exists() and (

@@ -217,26 +217,14 @@ def cmd_distill(args: argparse.Namespace) -> int:
         ["split", *METRIC_KEYS, "queries"],
         [metrics_row("val", best, [best["n_queries"]])],
     )
+    from emtm.distill.show import kau_summary
+
     summary = kau_summary(Path(args.out))
     if summary is not None:
         print_kau_summary(summary)
     print(f"student-only run (no teacher branch, no KAU): {student_dir}")
     print(f"next: emtm evaluate --run {student_dir} --split test")
     return 0
-
-
-def kau_summary(run_dir: Path) -> dict[str, Any] | None:
-    """TeacherView.summary of a distilled run on its validation queries, also written to kau.json."""
-    from emtm.distill.show import TeacherView
-    from emtm.engine.checkpoint import load_run
-    from emtm.io import write_json
-
-    run = load_run(run_dir)
-    if not run.cfg.teachers:
-        return None
-    summary = TeacherView(run, split="val").summary()
-    write_json(run_dir / "kau.json", summary)
-    return summary
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ evaluate every model on the test split, print one table and draw qualitative fig
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from pathlib import Path
@@ -117,7 +118,7 @@ def run_demo(
     out: Path, preset: str = "small", epochs: int | None = None, data_dir: Path | None = None
 ) -> dict[str, Any]:
     """teachers -> export -> distill -> evaluate on the built-in synthetic benchmark, one table at the end."""
-    from emtm.cli import print_table
+    from emtm.cli import print_kau_summary, print_table
 
     data_dir = data_dir or Path("data") / f"synth-{preset}"
     yaml_path = data_dir / "data.yaml"
@@ -145,5 +146,8 @@ def run_demo(
         REPORT_COLUMNS,
         report_rows(report),
     )
+    kau = out / "emtm" / "kau.json"
+    if kau.exists():
+        print_kau_summary(json.loads(kau.read_text()))
     print(f"wrote {out / 'report.md'}, report.json and figures/ in {time.perf_counter() - started:.0f} s")
     return report

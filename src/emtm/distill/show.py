@@ -26,7 +26,7 @@ from emtm.distill.kau import ensemble
 from emtm.distill.losses import distribution_ce_per_query
 from emtm.engine.checkpoint import LoadedRun, load_run
 from emtm.errors import EmtmError
-from emtm.io import atomic_path
+from emtm.io import atomic_path, write_json
 from emtm.models.layers import masked_softmax
 
 
@@ -195,6 +195,17 @@ class TeacherView:
             "ensemble_hard_loss": loss,
             "kau_agrees_with_oracle": (top == best).float().mean().item(),
         }
+
+
+def kau_summary(run_dir: Path, split: str = "val") -> dict[str, Any] | None:
+    """TeacherView.summary of a distilled run on `split` (default its validation queries), written to
+    run_dir/kau.json; None for a run without cached teachers."""
+    run = load_run(run_dir)
+    if not run.cfg.teachers:
+        return None
+    summary = TeacherView(run, split=split).summary()
+    write_json(Path(run_dir) / "kau.json", summary)
+    return summary
 
 
 def show_query(

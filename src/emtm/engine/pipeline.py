@@ -25,6 +25,7 @@ from emtm.bench.flops import flops_per_query
 from emtm.config import OptimConfig, TrainConfig
 from emtm.data.dataset import GroundingDataset, split_dataset
 from emtm.distill.cache import export_teacher
+from emtm.distill.show import kau_summary, show_query
 from emtm.engine.checkpoint import export_student, load_run
 from emtm.engine.evaluate import SplitPredictions, predict_dataset, score_predictions
 from emtm.engine.metrics import temporal_iou
@@ -118,6 +119,8 @@ def _run_pipeline(
         train_step(emtm, out / "emtm")
         if not (out / "emtm" / "student" / "model.safetensors").exists():
             export_student(out / "emtm")
+        if not (out / "emtm" / "kau.json").exists():
+            kau_summary(out / "emtm")  # how the KAU weighs the teachers on validation
     runs = {name: out / name for name in plan.baselines}
     runs.update({f"teacher: {name}": out / f"teacher_{name}" for name in plan.teachers})
     runs.update({"student alone": out / "student_alone", "EMTM student": out / "emtm" / "student"})
@@ -270,7 +273,6 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
 def write_figures(out: Path, data_yaml: Path, n_each: int = 2) -> list[Path]:
     """The paper's qualitative figure for test queries where the EMTM student beats the student trained
     alone (by top-1 IoU) the most, and for those where it loses the most. Needs run_pipeline's outputs."""
-    from emtm.distill.show import show_query
 
     ious = json.loads((out / "per_query_iou.json").read_text())
     emtm, alone = ious["EMTM student"], ious["student alone"]
