@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
 
@@ -51,3 +54,9 @@ def train_tiny_student(data_yaml, out, epochs: int = 1):
     )
     train(cfg, out)
     return out
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    """Write `records` as JSON lines to `path`; returns `path`."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path

@@ -29,6 +29,7 @@ from emtm.engine.checkpoint import load_run
 from emtm.engine.train import train
 from emtm.errors import DataError
 from emtm.models.student import Student
+from helpers import write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -206,11 +207,6 @@ def test_not_a_cache_is_refused(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------------------------
 # Import
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
 
 
 def argmax(cache: TeacherCache, sample_id: str) -> tuple[int, int]:

@@ -17,11 +17,7 @@ from emtm.distill.cache import import_outputs
 from emtm.distill.show import TeacherView
 from emtm.engine.checkpoint import load_run
 from emtm.engine.train import train
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
+from helpers import write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -86,4 +82,4 @@ def test_show_without_a_sample_prints_and_writes_the_table(
     assert "KAU weights over" in printed and "val queries" in printed and "oracle pick" in printed
     written = json.loads(out.read_text())
     assert written["split"] == "val" and [t["teacher"] for t in written["teachers"]] == ["right", "wrong"]
-    assert 0 < written["n_queries"] < TeacherView(load_run(run), split="train").__len__()
+    assert 0 < written["n_queries"] < len(TeacherView(load_run(run), split="train"))

@@ -24,9 +24,17 @@ def distribution_ce(dist: Tensor, index: Tensor, mask: Tensor) -> Tensor:
     return distribution_ce_per_query(dist, index, mask).mean()
 
 
-def ensemble_hard_loss(start: Tensor, end: Tensor, batch: dict[str, Tensor]) -> Tensor:
+def ensemble_hard_loss_per_query(start: Tensor, end: Tensor, batch: dict[str, Tensor]) -> Tensor:
+    """(B,): distribution_ce_per_query of the start plus that of the end distribution."""
     mask = batch["video_mask"]
-    return distribution_ce(start, batch["start_index"], mask) + distribution_ce(end, batch["end_index"], mask)
+    return distribution_ce_per_query(start, batch["start_index"], mask) + distribution_ce_per_query(
+        end, batch["end_index"], mask
+    )
+
+
+def ensemble_hard_loss(start: Tensor, end: Tensor, batch: dict[str, Tensor]) -> Tensor:
+    """ensemble_hard_loss_per_query, batch mean."""
+    return ensemble_hard_loss_per_query(start, end, batch).mean()
 
 
 def kd_loss(

@@ -7,7 +7,6 @@ start/end distributions with its KAU weights, the ensemble, and the student's pr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -23,7 +22,7 @@ from emtm.data.records import Sample
 from emtm.distill.cache import TeacherCache
 from emtm.distill.data import TeacherDataset, collate_with_teachers
 from emtm.distill.kau import ensemble
-from emtm.distill.losses import distribution_ce_per_query
+from emtm.distill.losses import distribution_ce_per_query, ensemble_hard_loss_per_query
 from emtm.engine.checkpoint import LoadedRun, load_run
 from emtm.errors import EmtmError
 from emtm.io import atomic_path, write_json
@@ -111,13 +110,10 @@ class TeacherView:
         weights = weights[:, :k]
         return student, weights / weights.sum(1, keepdim=True)
 
-    def batches(self, batch_size: int = 64) -> Iterator[dict[str, Tensor]]:
-        loader = DataLoader(
-            self.dataset,
-            batch_size=batch_size,
-            collate_fn=partial(collate_with_teachers, max_chars=self.run.spec.max_word_chars),
-        )
-        yield from loader
+    def batches(self, batch_size: int = 64) -> DataLoader:
+        """The split's queries in order, batched and padded as for distillation."""
+        collate = partial(collate_with_teachers, max_chars=self.run.spec.max_word_chars)
+        return DataLoader(self.dataset, batch_size=batch_size, collate_fn=collate)
 
     def explain(self, index: int) -> QueryView:
         """The teachers' distributions, the KAU weights, the ensemble and the student for query `index`."""
@@ -166,11 +162,7 @@ class TeacherView:
             losses.append(torch.stack(per_teacher, -1))  # (B, K, 2)
             weights.append(w)
             for name, mix in (("KAU weights", w), ("plain mean", torch.full_like(w, 1.0 / k))):
-                start, end = ensemble(dists, mix, mask)
-                ens[name].append(
-                    distribution_ce_per_query(start, batch["start_index"], mask)
-                    + distribution_ce_per_query(end, batch["end_index"], mask)
-                )
+                ens[name].append(ensemble_hard_loss_per_query(*ensemble(dists, mix, mask), batch))
         w, ce = torch.cat(weights), torch.cat(losses)  # (N, K, 2) each
         top, best = w.argmax(1), ce.argmin(1)  # (N, 2): per query and boundary
         teachers = [
