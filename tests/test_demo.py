@@ -69,3 +69,23 @@ def test_demo_rerun_keeps_finished_runs(demo: Path, capsys: pytest.CaptureFixtur
     )
     assert "done, kept" in capsys.readouterr().out
     assert (demo / "emtm" / "model.safetensors").stat().st_mtime_ns == before
+    # the student export and the KAU table were newer than the EMTM run: kept as well
+    for path in ("student/model.safetensors", "kau.json"):
+        assert (demo / "emtm" / path).stat().st_mtime_ns > before
+
+
+def test_demo_rerun_refreshes_what_an_emtm_run_retrained_in_place_left_stale(
+    demo: Path, capsys: pytest.CaptureFixture
+) -> None:
+    trained = demo / "emtm" / "model.safetensors"
+    outputs = [demo / "emtm" / "student" / "model.safetensors", demo / "emtm" / "kau.json"]
+    stale = {path: path.stat().st_mtime_ns for path in outputs}
+    trained.touch()  # as if the run had been trained again in place, after its export and table
+    data = demo.parent / "data"
+    assert (
+        main(["demo", "--preset", "tiny", "--epochs", "1", "--out", str(demo), "--data-dir", str(data)]) == 0
+    )
+    for path in outputs:
+        assert path.stat().st_mtime_ns > max(stale[path], trained.stat().st_mtime_ns)
+    kau = json.loads((demo / "emtm" / "kau.json").read_text())
+    assert [t["teacher"] for t in kau["teachers"]] == list(DEMO_TEACHERS)

@@ -218,8 +218,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
         [metrics_row("val", best, [best["n_queries"]])],
     )
     from emtm.distill.show import kau_summary
+    from emtm.engine.train import resolve_device
 
-    summary = kau_summary(Path(args.out))
+    summary = kau_summary(Path(args.out), device=resolve_device(cfg.run.device))
     if summary is not None:
         print_kau_summary(summary)
     print(f"student-only run (no teacher branch, no KAU): {student_dir}")
@@ -274,15 +275,18 @@ def cmd_recipe(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from emtm.distill.show import TeacherView, show_query
     from emtm.engine.checkpoint import load_run
+    from emtm.engine.train import resolve_device
     from emtm.io import write_json
 
+    device = resolve_device(args.device)
     if args.sample_id:
         path = show_query(
-            args.run, args.sample_id, args.out or "query.png", args.data, args.split, args.teachers
+            args.run, args.sample_id, args.out or "query.png", args.data, args.split, args.teachers, device
         )
         print(f"wrote {path}")
         return 0
-    summary = TeacherView(load_run(args.run), args.data, args.split, args.teachers).summary()
+    run = load_run(args.run, device=device)
+    summary = TeacherView(run, args.data, args.split, args.teachers).summary()
     print_kau_summary(summary)
     if args.out:
         write_json(Path(args.out), summary)
@@ -633,6 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--teachers", nargs="+", help="caches exported on --split, in the run's order (default: its own)"
     )
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser(

@@ -24,6 +24,7 @@ from emtm.distill.data import TeacherDataset, collate_with_teachers
 from emtm.distill.kau import ensemble
 from emtm.distill.losses import distribution_ce_per_query, ensemble_hard_loss_per_query
 from emtm.engine.checkpoint import LoadedRun, load_run
+from emtm.engine.evaluate import to_device
 from emtm.errors import EmtmError
 from emtm.io import atomic_path, write_json
 from emtm.models.layers import masked_softmax
@@ -68,6 +69,7 @@ class TeacherView:
                 "cache(s)"
             )
         self.run, self.split = run, split
+        self.device = next(run.model.parameters()).device  # the run's; batches are moved there
         self.data_yaml = data_yaml or run.cfg.data
         self.base = split_dataset(self.data_yaml, split, run.vocab, run.cfg.run.seed)
         self.caches = [TeacherCache(path) for path in teachers]
@@ -95,14 +97,14 @@ class TeacherView:
     @torch.no_grad()
     def weigh(self, batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
         """The student's outputs and the KAU's (B, K, 2) weights over the cached teachers for a batch of
-        collate_with_teachers: per-clip weights are averaged over each query's valid clips, and a live
-        isomorphic teacher's share (iso_in_kau) is left out, the rest renormalised to sum to 1."""
+        collate_with_teachers on self.device: per-clip weights are averaged over each query's valid clips,
+        and a live isomorphic teacher's share (iso_in_kau) is left out, the rest renormalised to sum to 1."""
         k = batch["teacher_dists"].shape[1]
         model = self.run.model.eval()
         enc = model.encoder(batch)
         student = model.head(enc.video, enc.query, enc.video_mask, enc.query_mask)
         if not hasattr(model, "kau"):
-            return student, torch.full((len(enc.video), k, 2), 1.0 / k)
+            return student, torch.full((len(enc.video), k, 2), 1.0 / k, device=enc.video.device)
         weights = model.kau(enc.video, enc.query, enc.video_mask, enc.query_mask)
         if weights.dim() == 4:  # (B, L, K', 2) per clip
             keep = enc.video_mask[:, :, None, None].to(weights.dtype)
@@ -118,21 +120,26 @@ class TeacherView:
     def explain(self, index: int) -> QueryView:
         """The teachers' distributions, the KAU weights, the ensemble and the student for query `index`."""
         batch = collate_with_teachers([self.dataset[index]], self.run.spec.max_word_chars)
+        batch = to_device(batch, self.device)
         out_student, weights = self.weigh(batch)
         teacher_dists, mask = batch["teacher_dists"], batch["video_mask"]
         ens_start, ens_end = ensemble(teacher_dists, weights, mask)
-        student_start = masked_softmax(out_student["start_logits"], mask)[0].numpy()
-        student_end = masked_softmax(out_student["end_logits"], mask)[0].numpy()
+        student_start = masked_softmax(out_student["start_logits"], mask)[0]
+        student_end = masked_softmax(out_student["end_logits"], mask)[0]
         pred = self.run.model.predict(out_student, batch, top_k=1)
         sample = self.base.samples[index]
+
+        def host(x: Tensor) -> np.ndarray:
+            return x.float().cpu().numpy()
+
         return QueryView(
             sample=sample,
             teachers=self.names,
-            teacher_dists=teacher_dists[0].numpy(),
-            weights=weights[0].numpy(),
-            ensemble=(ens_start[0].numpy(), ens_end[0].numpy()),
-            student=(student_start, student_end),
-            window=pred.windows[0, 0].numpy() * sample.duration,
+            teacher_dists=host(teacher_dists[0]),
+            weights=host(weights[0]),
+            ensemble=(host(ens_start[0]), host(ens_end[0])),
+            student=(host(student_start), host(student_end)),
+            window=host(pred.windows[0, 0]) * sample.duration,
         )
 
     @property
@@ -150,6 +157,7 @@ class TeacherView:
         KAU's mixture, of the plain mean and of the oracle's per-query pick; lower is better."""
         weights, losses, ens = [], [], {"KAU weights": [], "plain mean": []}
         for batch in self.batches(batch_size):
+            batch = to_device(batch, self.device)
             dists, mask = batch["teacher_dists"], batch["video_mask"]
             _, w = self.weigh(batch)
             k = dists.shape[1]
@@ -163,7 +171,7 @@ class TeacherView:
             weights.append(w)
             for name, mix in (("KAU weights", w), ("plain mean", torch.full_like(w, 1.0 / k))):
                 ens[name].append(ensemble_hard_loss_per_query(*ensemble(dists, mix, mask), batch))
-        w, ce = torch.cat(weights), torch.cat(losses)  # (N, K, 2) each
+        w, ce = torch.cat(weights).cpu(), torch.cat(losses).cpu()  # (N, K, 2) each
         top, best = w.argmax(1), ce.argmin(1)  # (N, 2): per query and boundary
         teachers = [
             {
@@ -189,10 +197,12 @@ class TeacherView:
         }
 
 
-def kau_summary(run_dir: Path, split: str = "val") -> dict[str, Any] | None:
-    """TeacherView.summary of a distilled run on `split` (default its validation queries), written to
-    run_dir/kau.json; None for a run without cached teachers."""
-    run = load_run(run_dir)
+def kau_summary(
+    run_dir: Path, split: str = "val", device: str | torch.device = "cpu"
+) -> dict[str, Any] | None:
+    """TeacherView.summary of a distilled run on `split` (default its validation queries), computed on
+    `device` and written to run_dir/kau.json; None for a run without cached teachers."""
+    run = load_run(run_dir, device=device)
     if not run.cfg.teachers:
         return None
     summary = TeacherView(run, split=split).summary()
@@ -207,9 +217,10 @@ def show_query(
     data_yaml: str | None = None,
     split: str = "train",
     teachers: list[str] | None = None,
+    device: str | torch.device = "cpu",
 ) -> Path:
     """Draw one query of `split` (see `TeacherView` for the caches)."""
-    view = TeacherView(load_run(run_dir), data_yaml, split, teachers)
+    view = TeacherView(load_run(run_dir, device=device), data_yaml, split, teachers)
     q = view.explain(view.index_of(sample_id))
     return plot(Path(out), q.sample, q.teachers, q.teacher_dists, q.weights, q.ensemble, q.student, q.window)
 

@@ -117,10 +117,11 @@ def _run_pipeline(
     emtm = config(Stage("emtm", plan.student.options, plan.student.optim), teachers, extra)
     with claim(out / "emtm", wait=True):
         train_step(emtm, out / "emtm")
-        if not (out / "emtm" / "student" / "model.safetensors").exists():
+        trained = out / "emtm" / "model.safetensors"
+        if not is_newer(out / "emtm" / "student" / "model.safetensors", trained):
             export_student(out / "emtm")
-        if not (out / "emtm" / "kau.json").exists():
-            kau_summary(out / "emtm")  # how the KAU weighs the teachers on validation
+        if not is_newer(out / "emtm" / "kau.json", trained):  # how the KAU weighs the teachers on val
+            kau_summary(out / "emtm", device=resolve_device(device))
     runs = {name: out / name for name in plan.baselines}
     runs.update({f"teacher: {name}": out / f"teacher_{name}" for name in plan.teachers})
     runs.update({"student alone": out / "student_alone", "EMTM student": out / "emtm" / "student"})
@@ -187,13 +188,17 @@ def run_jobs(jobs: list[Job]) -> None:
             time.sleep(POLL_SECONDS)
 
 
+def is_newer(path: Path, *sources: Path) -> bool:
+    """True when `path` exists and was written after every one of `sources`."""
+    return path.exists() and all(src.stat().st_mtime < path.stat().st_mtime for src in sources)
+
+
 def report_is_current(out: Path, runs: dict[str, Path]) -> bool:
     """True when report.json covers exactly these runs and was written after every one of them."""
     path = out / "report.json"
     if not path.exists() or set(json.loads(path.read_text())) != set(runs):
         return False
-    written = path.stat().st_mtime
-    return all((run_dir / "model.safetensors").stat().st_mtime < written for run_dir in runs.values())
+    return is_newer(path, *(run_dir / "model.safetensors" for run_dir in runs.values()))
 
 
 def ids(preds: SplitPredictions) -> list[str]:
