@@ -39,8 +39,9 @@ def make_item(
     }
 
 
-def train_tiny_student(data_yaml, out, epochs: int = 1):
-    """A tiny student (d=32, 4 heads) trained on `data_yaml` for `epochs` epochs into `out`, on one thread."""
+def train_tiny_student(data_yaml, out, epochs: int = 1, fold: tuple[int, int] | None = None):
+    """A tiny student (d=32, 4 heads) trained on `data_yaml` for `epochs` epochs into `out`, on one thread
+    (without the train videos of `fold` (i, k) when given)."""
     from emtm.config import TrainConfig
     from emtm.engine.train import train
 
@@ -51,6 +52,7 @@ def train_tiny_student(data_yaml, out, epochs: int = 1):
         model_options={"d": 32, "n_heads": 4},
         optim=optim,
         run={"progress": False, "device": "cpu"},
+        fold=fold,
     )
     train(cfg, out)
     return out

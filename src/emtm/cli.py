@@ -151,12 +151,24 @@ def train_config_from_args(args: argparse.Namespace):
             raw.setdefault(section, {})[name] = value
     if args.no_progress:
         raw.setdefault("run", {})["progress"] = False
+    if getattr(args, "fold", None):
+        raw["fold"] = parse_fold(args.fold)
     raw = apply_overrides(raw, args.set)
     cfg = validate(TrainConfig, raw, "training config")
     from emtm.models.registry import model_config
 
     cfg.model_options = model_config(cfg.model, cfg.model_options).model_dump()
     return cfg
+
+
+def parse_fold(text: str) -> tuple[int, int]:
+    """--fold I/K as (I, K); the range is checked by TrainConfig."""
+    index, sep, k = text.partition("/")
+    if not (sep and index.strip().isdigit() and k.strip().isdigit()):
+        raise EmtmError(
+            f"--fold {text!r}: expected I/K, the fold to leave out and the number of folds, e.g. 0/5"
+        )
+    return int(index), int(k)
 
 
 def run_config(args: argparse.Namespace):
@@ -322,6 +334,8 @@ def cmd_teachers(args: argparse.Namespace) -> int:
     from emtm.distill.cache import TeacherCache, export_teacher, import_outputs
 
     if args.action == "export":
+        if not args.run:
+            raise EmtmError("emtm teachers export needs --run: the trained teacher's run directory")
         path = export_teacher(
             args.run, args.data, args.split, args.out, temperature=args.temperature, sigma_frac=args.sigma
         )
@@ -334,8 +348,18 @@ def cmd_teachers(args: argparse.Namespace) -> int:
         meta = cache.meta
         print_table(
             f"teacher cache {path}",
-            ["teacher", "form", "split", "queries", "temperature", "source"],
-            [[meta.teacher, meta.output_form, meta.split, len(cache), meta.temperature, meta.source]],
+            ["teacher", "form", "split", "queries", "temperature", "out-of-fold", "source"],
+            [
+                [
+                    meta.teacher,
+                    meta.output_form,
+                    meta.split,
+                    len(cache),
+                    meta.temperature,
+                    f"{meta.folds} folds" if meta.folds else "no",
+                    meta.source,
+                ]
+            ],  # fmt: skip
         )
     return 0
 
@@ -369,7 +393,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             run = load_run(args.run, weights, device)
         if not (args.data or run.cfg.data):
             raise EmtmError(f"{args.run} is an exported model: give --data D.yaml to evaluate it on")
-        dataset = split_dataset(args.data or run.cfg.data, args.split, run.vocab, run.cfg.run.seed)
+        dataset = split_dataset(
+            args.data or run.cfg.data, args.split, run.vocab, run.cfg.run.seed, run.cfg.fold
+        )
         eval_cfg = run.cfg.eval.model_copy(update={"protocol": args.protocol})
         preds = predict_dataset(
             run.model, dataset, eval_cfg, device, args.batch_size, progress=not args.no_progress
@@ -538,6 +564,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("train", help="train a model (student, baselines, teachers) on a data.yaml")
+    p.add_argument(
+        "--fold",
+        metavar="I/K",
+        help="train without the train videos of fold I of K, for an out-of-fold teacher cache: train "
+        "folds 0/K to K-1/K, then `emtm teachers export --run RUN0 ... RUNK-1`",
+    )
     add_train_options(p)
     p.set_defaults(func=cmd_train)
 
@@ -553,7 +585,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="data.yaml of the dataset to distil on")
     p.add_argument("--split", default="train", help="split to cache (distillation uses train)")
     p.add_argument("--out", help="cache file to write (.h5)")
-    p.add_argument("--run", help="export: the teacher's run directory")
+    p.add_argument(
+        "--run",
+        nargs="+",
+        help="export: the teacher's run directory, or the K runs of `emtm train --fold I/K` (I = 0..K-1) "
+        "for an out-of-fold cache of the train split",
+    )
     p.add_argument(
         "--format", choices=["span", "2dmap", "proposals", "regression"], help="import: output form"
     )

@@ -116,9 +116,19 @@ class TrainConfig(BaseModel):
     model: str = "student"
     model_options: dict[str, Any] = Field(default_factory=dict)
     teachers: list[str] = Field(default_factory=list, description="teacher caches (.h5) for distillation")
+    fold: tuple[int, int] | None = Field(
+        None, description="(i, k): train without the videos of fold i of k (out-of-fold teacher caches)"
+    )
     optim: OptimConfig = Field(default_factory=OptimConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+
+    @field_validator("fold")
+    @classmethod
+    def _fold_in_range(cls, fold: tuple[int, int] | None) -> tuple[int, int] | None:
+        if fold is not None and not (fold[1] >= 2 and 0 <= fold[0] < fold[1]):
+            raise ValueError(f"must be (i, k) with k >= 2 and 0 <= i < k, e.g. (0, 5); got {fold}")
+        return fold
 
 
 def read_mapping(path: Path) -> dict[str, Any]:

@@ -47,14 +47,37 @@ def hold_out_videos(samples: list[Sample], fraction: float, seed: int) -> tuple[
     ]
 
 
+def in_fold(samples: list[Sample], fold: tuple[int, int]) -> list[bool]:
+    """Per sample: is its video in fold i of k? The videos are dealt into k folds in a fixed shuffled
+    order (independent of any run's seed), so the k runs of one out-of-fold set agree on the folds."""
+    index, k = fold
+    videos = sorted({s.video_id for s in samples})
+    order = np.random.default_rng(FOLD_SEED).permutation(len(videos))
+    members = {videos[j] for pos, j in enumerate(order) if pos % k == index}
+    return [s.video_id in members for s in samples]
+
+
+FOLD_SEED = 20230807  # the folds of a split never change with the run's seed
+
+
 def load_splits(
-    cfg: DataConfig, seed: int, names: tuple[str, ...] = ("train", "val", "test")
+    cfg: DataConfig,
+    seed: int,
+    names: tuple[str, ...] = ("train", "val", "test"),
+    fold: tuple[int, int] | None = None,
 ) -> dict[str, SplitData]:
-    """Read train/val/test. Without a val split, hold out a seeded share of the train videos as val."""
+    """Read train/val/test. Without a val split, hold out a seeded share of the train videos as val.
+    With `fold` (i, k), the train videos of fold i are left out first (see `in_fold`)."""
     splits: dict[str, SplitData] = {}
     for name in names:
         if name in cfg.splits:
             splits[name] = read_split(cfg, name)
+    if fold is not None and "train" in splits:
+        train = splits["train"]
+        kept = [s for s, out in zip(train.samples, in_fold(train.samples, fold)) if not out]
+        splits["train"] = SplitData(
+            kept, train.report, source=f"{train.source} (without fold {fold[0]}/{fold[1]})"
+        )
     if "val" in names and "val" not in splits and "train" in splits:
         train = splits["train"]
         kept, held = hold_out_videos(train.samples, cfg.val_fraction, seed)
@@ -91,11 +114,16 @@ class Prepared:
     splits: dict[str, SplitData] = field(default_factory=dict)
 
 
-def prepare(cfg: DataConfig, seed: int, names: tuple[str, ...] = ("train", "val", "test")) -> Prepared:
+def prepare(
+    cfg: DataConfig,
+    seed: int,
+    names: tuple[str, ...] = ("train", "val", "test"),
+    fold: tuple[int, int] | None = None,
+) -> Prepared:
     store = open_feature_store(cfg.resolve(cfg.features))
     splits = {
         name: filter_missing(split, store, cfg.skip_missing_videos, name)
-        for name, split in load_splits(cfg, seed, names).items()
+        for name, split in load_splits(cfg, seed, names, fold).items()
     }
     return Prepared(cfg, store, splits)
 
@@ -172,12 +200,15 @@ def collate(items: list[dict], max_chars: int = 16) -> dict[str, torch.Tensor]:
     return batch
 
 
-def split_dataset(data_yaml: str | Path, split: str, vocab: Vocab, seed: int = 0) -> GroundingDataset:
-    """The GroundingDataset of one split of a data.yaml (val: the dataset's or the seeded hold-out)."""
+def split_dataset(
+    data_yaml: str | Path, split: str, vocab: Vocab, seed: int = 0, fold: tuple[int, int] | None = None
+) -> GroundingDataset:
+    """The GroundingDataset of one split of a data.yaml (val: the dataset's or the seeded hold-out;
+    with `fold`, as a run trained without that fold sees it)."""
     from emtm.config import load_data_config
 
     cfg = load_data_config(data_yaml)
-    prepared = prepare(cfg, seed, names=("train", "val") if split == "val" else (split,))
+    prepared = prepare(cfg, seed, names=("train", "val") if split == "val" else (split,), fold=fold)
     if split not in prepared.splits:
         raise DataError(f"split {split!r} not found in {data_yaml} (it has {', '.join(cfg.splits)})")
     return GroundingDataset(prepared.splits[split].samples, prepared.store, vocab, cfg)

@@ -22,6 +22,10 @@ HDF5 layout (version `CACHE_VERSION`)::
 
 The file is written to a temporary path and renamed, so it is complete or absent, never half-written.
 
+Out-of-fold caches (`export_teacher` with k runs trained with `emtm train --fold i/k`, i = 0..k-1): each
+run gives its outputs on the train queries of the one fold it did not see, so every entry is the
+teacher's output on a query it was not trained on, as on new queries (meta.folds = k; 0 otherwise).
+
 Importing outputs of models trained in other codebases (`import_outputs`). No format is ever unpickled
 (np.load(allow_pickle=False)): an .npz with object arrays is refused. sample_ids must be those of the
 split's annotation file; unknown ids are an error naming the file, the row or line and the id, and every
@@ -51,7 +55,7 @@ import os
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -66,11 +70,11 @@ from tqdm.auto import tqdm
 
 from emtm.config import DataConfig, load_data_config
 from emtm.data.annotations import annotation_hash, json_lines, short_repr
-from emtm.data.dataset import GroundingDataset, collate, prepare
+from emtm.data.dataset import GroundingDataset, collate, in_fold, prepare
 from emtm.data.features import NPY_READ_ERRORS, FeatureStore
 from emtm.data.records import Sample
 from emtm.distill.unify import unify
-from emtm.engine.checkpoint import load_run
+from emtm.engine.checkpoint import LoadedRun, load_run
 from emtm.engine.evaluate import to_device
 from emtm.errors import ConfigError, DataError
 from emtm.io import atomic_path
@@ -102,6 +106,7 @@ class CacheMeta:
     max_video_len: int  # of the student grid
     created: str  # ISO 8601, UTC
     version: int = CACHE_VERSION
+    folds: int = 0  # k of an out-of-fold cache (every entry from the run that did not see it), else 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,11 +148,12 @@ class TeacherCache:
             raw = json.loads(f.attrs["meta"])
         except (TypeError, json.JSONDecodeError) as exc:
             raise DataError(f"teacher cache metadata is not valid JSON ({exc})", self.path) from None
-        names = [field.name for field in fields(CacheMeta)]
-        missing = [name for name in names if name not in raw]
+        required = [f.name for f in fields(CacheMeta) if f.default is MISSING]
+        missing = [name for name in required if name not in raw]
         if missing and raw.get("version") == CACHE_VERSION:
             raise DataError(f"teacher cache metadata lacks {missing}; rebuild the cache", self.path)
-        return CacheMeta(**{name: raw.get(name) for name in names})  # other versions: check_compatible
+        present = [f.name for f in fields(CacheMeta) if f.default is MISSING or f.name in raw]
+        return CacheMeta(**{name: raw.get(name) for name in present})  # other versions: check_compatible
 
     def __contains__(self, sample_id: object) -> bool:
         return isinstance(sample_id, str) and bool(sample_id) and _key(sample_id) in self._file()["samples"]
@@ -231,11 +237,11 @@ def check_compatible(
 def _rebuild_hint(meta: CacheMeta, data_yaml: PathLike, split: str, path: Path) -> str:
     if meta.source and Path(str(meta.source)).suffix in (".npz", ".jsonl"):
         return (
-            f"rebuild it with `emtm teachers import {meta.output_form} {meta.source} --data {data_yaml} "
-            f"--split {split} --out {path}`"
+            f"rebuild it with `emtm teachers import --format {meta.output_form} --in {meta.source} "
+            f"--data {data_yaml} --split {split} --out {path}`"
         )
     return (
-        f"rebuild it with `emtm teachers export {meta.source} --data {data_yaml} --split {split} "
+        f"rebuild it with `emtm teachers export --run {meta.source} --data {data_yaml} --split {split} "
         f"--out {path}`"
     )
 
@@ -309,7 +315,7 @@ class _Split:
         return CacheMeta(
             teacher=teacher,
             output_form=form,
-            source=str(Path(source).resolve()),
+            source=str(source),  # resolved path(s), space-separated
             dataset=str(self.data_yaml.resolve()),
             split=self.name,
             annotation_file=str(self.annotation_file),
@@ -336,7 +342,7 @@ def _read_split(data_yaml: PathLike, split: str) -> _Split:
 
 
 def export_teacher(
-    run_dir: PathLike,
+    run_dirs: PathLike | list[PathLike],
     data_yaml: PathLike,
     split: str = "train",
     out: PathLike | None = None,
@@ -347,7 +353,9 @@ def export_teacher(
     device: str = "cpu",
     progress: bool = True,
 ) -> Path:
-    """Run the teacher of `run_dir` over `split` and cache its unified outputs (default RUN/teacher_SPLIT.h5).
+    """Run the teacher of a run directory over `split` and cache its unified outputs (default
+    RUN/teacher_SPLIT.h5). Given the k runs of one out-of-fold set (`emtm train --fold i/k`), each
+    gives the outputs on the fold it was trained without, and together they cover the train split.
 
     The teacher sees the split on its own grid (its run's max_video_len, vocabulary and query limits); its
     outputs are unified onto the student grid of the data.yaml (min(T, max_video_len) clips).
@@ -355,13 +363,69 @@ def export_teacher(
     from emtm.engine.train import resolve_device  # here, so the training loop may import this module
 
     _check_options(temperature, sigma_frac, map_reduce)
+    run_dirs = [run_dirs] if isinstance(run_dirs, str | os.PathLike) else list(run_dirs)
     torch_device = resolve_device(device)
-    run = load_run(run_dir, device=torch_device)
+    runs = [load_run(run_dir, device=torch_device) for run_dir in run_dirs]
     data = _read_split(data_yaml, split)
+    folds = _check_fold_set(runs, split)
+    options = {"temperature": temperature, "sigma_frac": sigma_frac, "map_reduce": map_reduce}
+    source = " ".join(str(Path(r).resolve()) for r in run_dirs)
+    meta = data.meta(runs[0].cfg.model, runs[0].model.output_form, source, options)
+    meta.folds = folds
+
+    def entries() -> Iterator[tuple[str, np.ndarray]]:
+        for run in runs:
+            samples = data.samples
+            if folds:
+                samples = [s for s, inside in zip(samples, in_fold(samples, run.cfg.fold)) if inside]
+            yield from _run_entries(run, data, samples, options, torch_device, batch_size, progress)
+
+    default = Path(run_dirs[0]) / f"teacher_{split}.h5"
+    return _write_cache(default if out is None else out, meta, entries())
+
+
+def _check_fold_set(runs: list[LoadedRun], split: str) -> int:
+    """k when `runs` are the k runs of one out-of-fold set (for the train split), 0 for one ordinary run."""
+    folds = [run.cfg.fold for run in runs]
+    if len(runs) == 1 and (folds[0] is None or split != "train"):
+        return 0
+    names = ", ".join(
+        f"{run.run_dir} ({'no fold' if f is None else f'fold {f[0]}/{f[1]}'})" for run, f in zip(runs, folds)
+    )
+    if split != "train":
+        raise ConfigError(
+            f"several runs are exported together only as the out-of-fold cache of the train split, not "
+            f"{split!r}; export one run on {split!r}: {names}"
+        )
+    k = folds[0][1] if folds[0] is not None else 0
+    if (
+        any(f is None for f in folds)
+        or sorted(f[0] for f in folds) != list(range(k))
+        or {f[1] for f in folds} != {k}
+    ):
+        raise ConfigError(
+            f"an out-of-fold cache needs the runs of folds 0/k to k-1/k, each once (`emtm train --fold "
+            f"i/k`); got {names}"
+        )
+    if len({(run.cfg.model, run.model.output_form) for run in runs}) > 1:
+        raise ConfigError(f"the runs of an out-of-fold cache must train the same teacher; got {names}")
+    return k
+
+
+def _run_entries(
+    run: LoadedRun,
+    data: _Split,
+    samples: list[Sample],
+    options: dict[str, Any],
+    device: torch.device,
+    batch_size: int,
+    progress: bool,
+) -> Iterator[tuple[str, np.ndarray]]:
+    """One run's unified outputs on `samples` of `data`, on its own grid and vocabulary."""
     if data.store.dim != run.spec.video_dim:
         raise DataError(
-            f"teacher {run_dir} was trained on {run.spec.video_dim}-dim features, but the features of "
-            f"{data_yaml} are {data.store.dim}-dim",
+            f"teacher {run.run_dir} was trained on {run.spec.video_dim}-dim features, but the features of "
+            f"{data.data_yaml} are {data.store.dim}-dim",
             data.store.path,
         )
     teacher_cfg = data.cfg.model_copy(
@@ -371,20 +435,10 @@ def export_teacher(
             "max_word_chars": run.spec.max_word_chars,
         }
     )
-    dataset = GroundingDataset(data.samples, data.store, run.vocab, teacher_cfg)
-    options = {"temperature": temperature, "sigma_frac": sigma_frac, "map_reduce": map_reduce}
-    meta = data.meta(run.cfg.model, run.model.output_form, run_dir, options)
+    dataset = GroundingDataset(samples, data.store, run.vocab, teacher_cfg)
     same_grid = run.spec.max_video_len == data.cfg.max_video_len
-    entries = _teacher_entries(
-        run.model,
-        dataset,
-        None if same_grid else data.grid_lengths(data.samples),
-        options,
-        torch_device,
-        batch_size,
-        progress,
-    )
-    return _write_cache(Path(run_dir) / f"teacher_{split}.h5" if out is None else out, meta, entries)
+    student_lengths = None if same_grid else data.grid_lengths(samples)
+    yield from _teacher_entries(run.model, dataset, student_lengths, options, device, batch_size, progress)
 
 
 def _teacher_entries(
@@ -469,7 +523,7 @@ def import_outputs(
             in_path,
         )
     options = {"temperature": temperature, "sigma_frac": sigma_frac, "map_reduce": map_reduce}
-    meta = data.meta(teacher_name or in_path.stem, fmt, in_path, options)
+    meta = data.meta(teacher_name or in_path.stem, fmt, in_path.resolve(), options)
     video_len = data.grid_lengths([by_id[sid] for sid in records])
     lengths = {sid: video_len[by_id[sid].video_id] for sid in records}
     return _write_cache(out, meta, _imported_entries(fmt, records, lengths, options))

@@ -106,7 +106,7 @@ class RunData:
 
 def build_run_data(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None = None) -> RunData:
     data_cfg = load_data_config(cfg.data)
-    prepared = prepare(data_cfg, cfg.run.seed)
+    prepared = prepare(data_cfg, cfg.run.seed, fold=cfg.fold)
     train_samples = prepared.splits["train"].samples
     if resume and (run_dir / "vocab.json").exists():
         vocab, matrix = Vocab.load(run_dir / "vocab.json"), None
