@@ -14,7 +14,8 @@ Steps, each kept when already done (run the same command again to resume; a seco
 same --out shares the ablation's runs):
 1. the benchmark (`--preset`, default the demo's `small`);
 2. each teacher (the demo's: SeqPAN d=128, proposals, regress; `--teacher-epochs`, lr 1e-3, seed 0)
-   on the whole train split, and on it without each of the k folds;
+   on the whole train split, and on it without each of the k folds (for k/(k-1) times the epochs by
+   default, so that every fold run makes as many updates as the run on the whole split);
 3. per teacher, the ordinary cache (the whole-split run) and the out-of-fold cache (the k fold runs);
 4. `emtm ablate` with the ordinary caches and with the out-of-fold caches (`--rows`, `--seeds`, KD 3.2);
 5. per distilled run of the ablation, the KAU table on its validation queries (`emtm show --split val`).
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -51,7 +53,9 @@ def teacher_config(data: Path, name: str, epochs: int, threads: int, fold: tuple
     return TrainConfig(data=str(data), model=name, model_options=options, optim=optim, run=run, fold=fold)
 
 
-def build_caches(data: Path, out: Path, folds: int, epochs: int, threads: int) -> dict[str, list[str]]:
+def build_caches(
+    data: Path, out: Path, folds: int, epochs: int, fold_epochs: int, threads: int
+) -> dict[str, list[str]]:
     """Train every teacher on the whole train split and without each fold; export both kinds of cache."""
     caches: dict[str, list[str]] = {kind: [] for kind in KINDS}
     for name in DEMO_TEACHERS:
@@ -59,7 +63,7 @@ def build_caches(data: Path, out: Path, folds: int, epochs: int, threads: int) -
         train_step(teacher_config(data, name, epochs, threads, None), whole)
         fold_runs = [out / "teachers" / f"{name}-fold{i}of{folds}" for i in range(folds)]
         for i, run_dir in enumerate(fold_runs):
-            train_step(teacher_config(data, name, epochs, threads, (i, folds)), run_dir)
+            train_step(teacher_config(data, name, fold_epochs, threads, (i, folds)), run_dir)
         for kind, runs in (("ordinary", [whole]), ("out-of-fold", fold_runs)):
             cache = out / "caches" / kind / f"{name}.h5"
             if not is_newer(cache, *(r / "model.safetensors" for r in runs)):
@@ -128,6 +132,12 @@ def main() -> None:
     parser.add_argument("--preset", default="small", choices=list(synth.PRESETS))
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--teacher-epochs", type=int, default=8)
+    parser.add_argument(
+        "--fold-epochs",
+        type=int,
+        help="epochs of each fold run (default: teacher epochs x K/(K-1), the same number of updates "
+        "as the run on the whole split)",
+    )
     parser.add_argument("--epochs", type=int, default=8, help="epochs of every distilled student")
     parser.add_argument("--rows", default="5", help="ablation rows (emtm ablate --rows)")
     parser.add_argument("--seeds", type=int, default=3)
@@ -139,7 +149,8 @@ def main() -> None:
     if not args.report_only:
         if not data.exists():
             synth.generate(synth.PRESETS[args.preset], data.parent)
-        caches = build_caches(data, args.out, args.folds, args.teacher_epochs, args.threads)
+        fold_epochs = args.fold_epochs or math.ceil(args.teacher_epochs * args.folds / (args.folds - 1))
+        caches = build_caches(data, args.out, args.folds, args.teacher_epochs, fold_epochs, args.threads)
         for kind in KINDS:
             print(f"ablation with the {kind} caches, rows {args.rows}")
             run_ablation(

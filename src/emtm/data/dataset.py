@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,16 +49,16 @@ def hold_out_videos(samples: list[Sample], fraction: float, seed: int) -> tuple[
 
 
 def in_fold(samples: list[Sample], fold: tuple[int, int]) -> list[bool]:
-    """Per sample: is its video in fold i of k? The videos are dealt into k folds in a fixed shuffled
-    order (independent of any run's seed), so the k runs of one out-of-fold set agree on the folds."""
+    """Per sample: is its video in fold i of k? A video's fold depends on its id alone (a hash), not on
+    the run's seed or on which other videos are present, so the k runs of one out-of-fold set and the
+    export that combines them always agree."""
     index, k = fold
-    videos = sorted({s.video_id for s in samples})
-    order = np.random.default_rng(FOLD_SEED).permutation(len(videos))
-    members = {videos[j] for pos, j in enumerate(order) if pos % k == index}
-    return [s.video_id in members for s in samples]
+    return [video_fold(s.video_id, k) == index for s in samples]
 
 
-FOLD_SEED = 20230807  # the folds of a split never change with the run's seed
+def video_fold(video_id: str, k: int) -> int:
+    digest = hashlib.sha256(f"emtm-fold:{video_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % k
 
 
 def load_splits(
