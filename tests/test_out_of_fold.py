@@ -122,3 +122,15 @@ def test_cli_exports_the_fold_runs_as_one_cache(
     assert f"{K} folds" in capsys.readouterr().out
     with TeacherCache(out) as cache:
         assert cache.meta.folds == K
+
+
+def test_fold_runs_are_refused_on_train_queries_they_were_not_trained_on(
+    fold_runs: list[Path], tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from emtm.data import synth
+
+    other = synth.generate(replace(synth.PRESETS["tiny"], seed=1), tmp_path / "other", progress=False)
+    with pytest.raises(ConfigError, match="its fold is not held out of these train queries"):
+        export_teacher(fold_runs, other, "train", tmp_path / "x.h5", progress=False)

@@ -76,7 +76,7 @@ from emtm.data.records import Sample
 from emtm.distill.unify import unify
 from emtm.engine.checkpoint import LoadedRun, load_run
 from emtm.engine.evaluate import to_device
-from emtm.errors import ConfigError, DataError
+from emtm.errors import ConfigError, DataError, EmtmError
 from emtm.io import atomic_path
 from emtm.models.base import GroundingModel
 
@@ -368,6 +368,8 @@ def export_teacher(
     runs = [load_run(run_dir, device=torch_device) for run_dir in run_dirs]
     data = _read_split(data_yaml, split)
     folds = _check_fold_set(runs, split)
+    if folds:
+        _check_trained_on(runs, data)
     options = {"temperature": temperature, "sigma_frac": sigma_frac, "map_reduce": map_reduce}
     source = " ".join(str(Path(r).resolve()) for r in run_dirs)
     meta = data.meta(runs[0].cfg.model, runs[0].model.output_form, source, options)
@@ -410,6 +412,21 @@ def _check_fold_set(runs: list[LoadedRun], split: str) -> int:
     if len({(run.cfg.model, run.model.output_form) for run in runs}) > 1:
         raise ConfigError(f"the runs of an out-of-fold cache must train the same teacher; got {names}")
     return k
+
+
+def _check_trained_on(runs: list[LoadedRun], data: _Split) -> None:
+    """Fold runs are out-of-fold only for the train annotations they were trained on."""
+    sha = annotation_hash(data.annotation_file)
+    for run in runs:
+        try:
+            trained_on = load_data_config(run.cfg.data).split_path("train")
+        except EmtmError:  # its data.yaml has moved: nothing to compare
+            continue
+        if trained_on.exists() and annotation_hash(trained_on) != sha:
+            raise ConfigError(
+                f"{run.run_dir} was trained on {trained_on}, not on {data.annotation_file}: its fold is "
+                f"not held out of these train queries; train the fold runs on {data.data_yaml}"
+            )
 
 
 def _run_entries(
