@@ -153,6 +153,12 @@ def main() -> None:
         help="KD weight of EMTM and of the ablation's distilled rows (default 3.2, chosen on validation in "
         "docs/RESULTS.md; the method's 0.1 is for a batch-summed KL)",
     )
+    p.add_argument(
+        "--teacher-folds",
+        type=int,
+        default=0,
+        help="K >= 2: out-of-fold teacher caches from K fold runs per teacher (emtm recipe --teacher-folds)",
+    )
     p.add_argument("--seeds", type=int, default=3, help="seeds per ablation row (0 skips the ablation)")
     p.add_argument("--rows", help="ablation rows to run, by number in the paper's order (default: all)")
     p.add_argument("--device", default="auto")
@@ -168,6 +174,7 @@ def main() -> None:
         student=Stage("student", {}, OptimConfig(epochs=args.epochs, lr=args.lr)),
         temperature=args.temperature,
         emtm_options={"kd_weight": args.kd_weight},
+        teacher_folds=args.teacher_folds,
     )
     report = run_pipeline(plan, yaml_path, out / "pipeline", args.device, threads=args.threads)
     gap = gap_summary(report)

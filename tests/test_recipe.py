@@ -108,3 +108,30 @@ def test_pipeline_processes_share_a_folder(tmp_path: Path, capsys, monkeypatch) 
     assert run_pipeline(plan, data, out, "cpu") == result  # every step and the report are kept
     printed = capsys.readouterr().out
     assert printed.count("done, kept") == 4 and "newer than every run, kept" in printed
+
+
+def test_recipe_with_out_of_fold_teacher_caches(tmp_path: Path, capsys) -> None:
+    from emtm.distill.cache import TeacherCache
+    from emtm.engine.checkpoint import load_run
+
+    data = synth.generate(synth.PRESETS["tiny"], tmp_path / "data", progress=False).parent
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY_RECIPE, "teachers": ["regress"]}))
+    out = tmp_path / "runs"
+    args = ["recipe", str(recipe), "--features", str(data / "features"), "--annotations", str(data)]
+    args += ["--out", str(out), "--device", "cpu", "--teacher-folds", "2"]
+    assert main(args) == 0
+    # the teacher's own run on the whole split (its report row), and one run per fold for the cache
+    folds = [load_run(out / f"teacher_regress_fold{i}of2") for i in range(2)]
+    assert [run.cfg.fold for run in folds] == [(0, 2), (1, 2)]
+    assert all(run.cfg.optim.epochs == 2 for run in folds)  # as many updates as the whole-split run
+    assert load_run(out / "teacher_regress").cfg.fold is None
+    with TeacherCache(out / "caches" / "regress.h5") as cache:
+        assert cache.meta.folds == 2 and str(out / "teacher_regress_fold1of2") in cache.meta.source
+    assert list(json.loads((out / "report.json").read_text())) == [
+        "teacher: regress", "student alone", "EMTM student",
+    ]  # fmt: skip
+    capsys.readouterr()
+    assert main(args) == 0  # resumable: the fold runs are kept too
+    assert capsys.readouterr().out.count("done, kept") == 5
+    assert main([*args[:-2], "--teacher-folds", "1"]) == 2

@@ -275,6 +275,10 @@ def cmd_recipe(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     if args.epochs is not None:
         recipe.optim.epochs = args.epochs
+    if args.teacher_folds is not None:
+        if args.teacher_folds == 1 or args.teacher_folds < 0:
+            raise EmtmError(f"--teacher-folds {args.teacher_folds}: use 0 (ordinary caches) or K >= 2")
+        recipe.teacher_folds = args.teacher_folds
     try:
         features, annotations = Path(args.features), Path(args.annotations)
         run_recipe(recipe, annotations, features, args.word_vectors, Path(args.out), args.device)
@@ -651,6 +655,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--word-vectors", default="glove-6b-50d", help="e.g. a path to glove.840B.300d.txt")
     p.add_argument("--out", default="runs/recipe", help="folder for every run, cache and the report")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs (e.g. for a quick check)")
+    p.add_argument(
+        "--teacher-folds",
+        type=int,
+        metavar="K",
+        help="out-of-fold teacher caches: train each teacher also K times without one fold of the train "
+        "videos, each caching the fold it did not see (K more teacher runs; default: the recipe's, 0)",
+    )
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     p.set_defaults(func=cmd_recipe)
 

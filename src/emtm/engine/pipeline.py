@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,14 @@ class Plan:
     temperature: float = 1.0  # KD temperature; also the teachers' span-logit temperature in the caches
     emtm_options: dict[str, Any] = field(default_factory=dict)
     baselines: dict[str, Stage] = field(default_factory=dict)  # reported for context, not distilled
+    # K >= 2: the caches are out-of-fold: each teacher is also trained K times without one fold of the
+    # train videos (fold_epochs of its epochs), and those runs are exported together (distill/cache.py)
+    teacher_folds: int = 0
+
+
+def fold_epochs(epochs: int, k: int) -> int:
+    """Epochs of a run on (K-1)/K of the train split that make as many updates as `epochs` on all of it."""
+    return math.ceil(epochs * k / (k - 1))
 
 
 def finished(run_dir: Path, epochs: int) -> bool:
@@ -107,10 +116,24 @@ def _run_pipeline(
     jobs = [Job(step, out / name, config(stage)) for name, stage in plan.baselines.items()]
     step = f"[1/4] teachers: {', '.join(plan.teachers)}"
     caches = [out / "caches" / f"{name}.h5" for name in plan.teachers]
+    k = plan.teacher_folds
+    folds: dict[Path, list[Path]] = {}  # out-of-fold cache -> its fold runs
     for (name, stage), cache in zip(plan.teachers.items(), caches):
-        jobs.append(Job(step, out / f"teacher_{name}", config(stage), cache, plan.temperature))
+        jobs.append(Job(step, out / f"teacher_{name}", config(stage), None if k else cache, plan.temperature))
+        if k:
+            optim = stage.optim.model_copy(update={"epochs": fold_epochs(stage.optim.epochs, k)})
+            fold_stage = Stage(stage.model, stage.options, optim)
+            folds[cache] = [out / f"teacher_{name}_fold{i}of{k}" for i in range(k)]
+            for i, run_dir in enumerate(folds[cache]):
+                cfg = config(fold_stage).model_copy(update={"fold": (i, k)})
+                jobs.append(Job(step, run_dir, cfg))
     jobs.append(Job("[2/4] student alone", out / "student_alone", config(plan.student)))
     run_jobs(jobs)
+    for cache, fold_runs in folds.items():
+        with claim(cache, wait=True):
+            if not is_newer(cache, *(r / "model.safetensors" for r in fold_runs)):
+                print(f"  {cache.name}: out-of-fold cache from {k} runs", flush=True)
+                export_teacher(fold_runs, data_yaml, "train", cache, temperature=plan.temperature)
     print(f"[3/4] EMTM distillation from {len(caches)} teacher(s)")
     extra = {**plan.emtm_options, "n_teachers": len(caches), "temperature": plan.temperature}
     teachers = [str(cache.resolve()) for cache in caches]

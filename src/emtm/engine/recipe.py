@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from emtm.config import OptimConfig, read_mapping, validate
 from emtm.engine.pipeline import Plan, Stage, run_pipeline
@@ -34,6 +34,14 @@ class Recipe(BaseModel):
     student_options: dict[str, Any] = Field(default_factory=dict)
     teacher_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     optim: OptimConfig = Field(default_factory=OptimConfig)
+    teacher_folds: int = Field(0, ge=0, description="K >= 2: out-of-fold teacher caches from K fold runs")
+
+    @field_validator("teacher_folds")
+    @classmethod
+    def _not_one(cls, k: int) -> int:
+        if k == 1:
+            raise ValueError("must be 0 (ordinary caches) or K >= 2 (out-of-fold caches from K fold runs)")
+        return k
 
 
 def load_recipe(name_or_path: str) -> Recipe:
@@ -72,6 +80,7 @@ def run_recipe(
         },
         student=Stage("student", recipe.student_options, recipe.optim),
         temperature=recipe.temperature,
+        teacher_folds=recipe.teacher_folds,
     )
     report = run_pipeline(plan, data_yaml, out, device)
     print((out / "report.md").read_text())
