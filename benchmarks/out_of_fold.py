@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from emtm.demo import DEMO_KD_WEIGHT, DEMO_TEACHERS
 from emtm.distill.cache import export_teacher
 from emtm.distill.show import kau_summary
 from emtm.engine.ablate import parse_rows, run_ablation, slug
-from emtm.engine.pipeline import is_newer, train_step
+from emtm.engine.pipeline import fold_epochs, is_newer, train_step
 from emtm.io import write_json, write_markdown_table
 
 KINDS = ("ordinary", "out-of-fold")
@@ -149,8 +148,8 @@ def main() -> None:
     if not args.report_only:
         if not data.exists():
             synth.generate(synth.PRESETS[args.preset], data.parent)
-        fold_epochs = args.fold_epochs or math.ceil(args.teacher_epochs * args.folds / (args.folds - 1))
-        caches = build_caches(data, args.out, args.folds, args.teacher_epochs, fold_epochs, args.threads)
+        epochs = args.fold_epochs or fold_epochs(args.teacher_epochs, args.folds)
+        caches = build_caches(data, args.out, args.folds, args.teacher_epochs, epochs, args.threads)
         for kind in KINDS:
             print(f"ablation with the {kind} caches, rows {args.rows}")
             run_ablation(
