@@ -35,10 +35,8 @@ from typing import Any
 from emtm.config import OptimConfig, TrainConfig
 from emtm.data import synth
 from emtm.demo import DEMO_KD_WEIGHT, DEMO_TEACHERS
-from emtm.distill.cache import export_teacher
-from emtm.distill.show import kau_summary
 from emtm.engine.ablate import parse_rows, run_ablation, slug
-from emtm.engine.pipeline import fold_epochs, is_newer, train_step
+from emtm.engine.pipeline import export_if_stale, fold_epochs, kau_table, train_step
 from emtm.io import write_json, write_markdown_table
 
 KINDS = ("ordinary", "out-of-fold")
@@ -65,9 +63,8 @@ def build_caches(
             train_step(teacher_config(data, name, fold_epochs, threads, (i, folds)), run_dir)
         for kind, runs in (("ordinary", [whole]), ("out-of-fold", fold_runs)):
             cache = out / "caches" / kind / f"{name}.h5"
-            if not is_newer(cache, *(r / "model.safetensors" for r in runs)):
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                export_teacher(runs, data, "train", cache, progress=False)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            export_if_stale(runs, data, "train", cache, temperature=1.0)
             caches[kind].append(str(cache.resolve()))
     return caches
 
@@ -76,14 +73,9 @@ def kau_tables(ablation: Path) -> dict[str, dict[str, Any]]:
     """{run folder: its KAU table on validation} for every finished distilled run of an ablation."""
     tables = {}
     for run_dir in sorted(p.parent for p in ablation.glob("*/seed*/model.safetensors")):
-        config = json.loads((run_dir / "config.json").read_text())["train"]
-        if not config["teachers"]:
-            continue
-        path = run_dir / "kau.json"
-        if is_newer(path, run_dir / "model.safetensors"):
-            tables[f"{run_dir.parent.name}/{run_dir.name}"] = json.loads(path.read_text())
-        else:
-            tables[f"{run_dir.parent.name}/{run_dir.name}"] = kau_summary(run_dir)
+        table = kau_table(run_dir)
+        if table is not None:
+            tables[f"{run_dir.parent.name}/{run_dir.name}"] = table
     return tables
 
 

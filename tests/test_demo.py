@@ -10,6 +10,7 @@ import pytest
 from emtm.cli import main
 from emtm.demo import DEMO_TEACHERS
 
+FIRST_TEACHER = next(iter(DEMO_TEACHERS))
 ROWS = ["prior", *[f"teacher: {t}" for t in DEMO_TEACHERS], "student alone", "EMTM student"]
 
 
@@ -78,8 +79,12 @@ def test_demo_rerun_refreshes_what_an_emtm_run_retrained_in_place_left_stale(
     demo: Path, capsys: pytest.CaptureFixture
 ) -> None:
     trained = demo / "emtm" / "model.safetensors"
+    teacher = demo / f"teacher_{FIRST_TEACHER}" / "model.safetensors"
     outputs = [demo / "emtm" / "student" / "model.safetensors", demo / "emtm" / "kau.json"]
     stale = {path: path.stat().st_mtime_ns for path in outputs}
+    cache = demo / "caches" / f"{FIRST_TEACHER}.h5"
+    stale_cache = cache.stat().st_mtime_ns
+    teacher.touch()  # as if the teacher had been trained again in place, after its cache
     trained.touch()  # as if the run had been trained again in place, after its export and table
     data = demo.parent / "data"
     assert (
@@ -87,5 +92,6 @@ def test_demo_rerun_refreshes_what_an_emtm_run_retrained_in_place_left_stale(
     )
     for path in outputs:
         assert path.stat().st_mtime_ns > max(stale[path], trained.stat().st_mtime_ns)
+    assert cache.stat().st_mtime_ns > max(stale_cache, teacher.stat().st_mtime_ns)
     kau = json.loads((demo / "emtm" / "kau.json").read_text())
     assert [t["teacher"] for t in kau["teachers"]] == list(DEMO_TEACHERS)

@@ -269,16 +269,17 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def cmd_recipe(args: argparse.Namespace) -> int:
-    from emtm.engine.recipe import load_recipe, run_recipe
+    from emtm.config import validate
+    from emtm.engine.recipe import Recipe, load_recipe, run_recipe
     from emtm.engine.signals import TrainingStopped
 
     recipe = load_recipe(args.recipe)
     if args.epochs is not None:
         recipe.optim.epochs = args.epochs
-    if args.teacher_folds is not None:
-        if args.teacher_folds == 1 or args.teacher_folds < 0:
-            raise EmtmError(f"--teacher-folds {args.teacher_folds}: use 0 (ordinary caches) or K >= 2")
-        recipe.teacher_folds = args.teacher_folds
+    if args.teacher_folds is not None:  # validated like the recipe's own teacher_folds
+        recipe = validate(
+            Recipe, {**recipe.model_dump(), "teacher_folds": args.teacher_folds}, "--teacher-folds"
+        )
     try:
         features, annotations = Path(args.features), Path(args.annotations)
         run_recipe(recipe, annotations, features, args.word_vectors, Path(args.out), args.device)

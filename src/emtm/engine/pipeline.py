@@ -1,8 +1,10 @@
 """The whole EMTM pipeline on one data.yaml: teachers -> caches -> student alone -> EMTM -> evaluation.
 
 Shared by `emtm recipe` (the paper's benchmarks) and `make demo` (the built-in synthetic benchmark).
-Every step is resumable: a finished run or cache is kept, an interrupted run continues with --resume,
-and a report written after every run it covers is kept too (delete report.json to measure again).
+Every step is resumable: a finished run is kept, and so is a cache, student export or KAU table
+written after its run (one older than its run, retrained in place, is written again); an interrupted
+run continues with --resume, and a report written after every run it covers is kept too (delete
+report.json to measure again).
 Several processes may share one output folder: each run is trained by the process that locks it first
 (an OS file lock, released if that process dies), and the others go on to the next run, then wait.
 The report follows the paper's table layout: R1@0.3/0.5/0.7, mIoU, FLOPs, params and time per query.
@@ -131,9 +133,7 @@ def _run_pipeline(
     run_jobs(jobs)
     for cache, fold_runs in folds.items():
         with claim(cache, wait=True):
-            if not is_newer(cache, *(r / "model.safetensors" for r in fold_runs)):
-                print(f"  {cache.name}: out-of-fold cache from {k} runs", flush=True)
-                export_teacher(fold_runs, data_yaml, "train", cache, temperature=plan.temperature)
+            export_if_stale(fold_runs, data_yaml, "train", cache, plan.temperature)
     print(f"[3/4] EMTM distillation from {len(caches)} teacher(s)")
     extra = {**plan.emtm_options, "n_teachers": len(caches), "temperature": plan.temperature}
     teachers = [str(cache.resolve()) for cache in caches]
@@ -143,8 +143,7 @@ def _run_pipeline(
         trained = out / "emtm" / "model.safetensors"
         if not is_newer(out / "emtm" / "student" / "model.safetensors", trained):
             export_student(out / "emtm")
-        if not is_newer(out / "emtm" / "kau.json", trained):  # how the KAU weighs the teachers on val
-            kau_summary(out / "emtm", device=resolve_device(device))
+        kau_table(out / "emtm", resolve_device(device))  # how the KAU weighs the teachers on val
     runs = {name: out / name for name in plan.baselines}
     runs.update({f"teacher: {name}": out / f"teacher_{name}" for name in plan.teachers})
     runs.update({"student alone": out / "student_alone", "EMTM student": out / "emtm" / "student"})
@@ -178,8 +177,8 @@ class Job:
 
     def run(self) -> None:
         train_step(self.cfg, self.run_dir)
-        if self.cache is not None and not self.cache.exists():
-            export_teacher(self.run_dir, self.cfg.data, "train", self.cache, temperature=self.temperature)
+        if self.cache is not None:
+            export_if_stale([self.run_dir], Path(self.cfg.data), "train", self.cache, self.temperature)
 
 
 def run_jobs(jobs: list[Job]) -> None:
@@ -214,6 +213,25 @@ def run_jobs(jobs: list[Job]) -> None:
 def is_newer(path: Path, *sources: Path) -> bool:
     """True when `path` exists and was written after every one of `sources`."""
     return path.exists() and all(src.stat().st_mtime < path.stat().st_mtime for src in sources)
+
+
+def export_if_stale(runs: list[Path], data_yaml: Path, split: str, cache: Path, temperature: float) -> None:
+    """Export the teacher cache of `runs` (one run, or the K fold runs of an out-of-fold cache) on
+    `split` unless `cache` is newer than every run's weights (a teacher retrained in place is exported
+    again)."""
+    if not is_newer(cache, *(run / "model.safetensors" for run in runs)):
+        if len(runs) > 1:
+            print(f"  {cache.name}: out-of-fold cache from {len(runs)} runs", flush=True)
+        export_teacher(runs, data_yaml, split, cache, temperature=temperature)
+
+
+def kau_table(run_dir: Path, device: str | torch.device = "cpu") -> dict[str, Any] | None:
+    """The distilled run's kau.json (how its KAU weighs the teachers on validation), computed again
+    when it is missing or older than the run's weights; None for a run without teachers."""
+    path = run_dir / "kau.json"
+    if is_newer(path, run_dir / "model.safetensors"):
+        return json.loads(path.read_text())
+    return kau_summary(run_dir, device=device)
 
 
 def report_is_current(out: Path, runs: dict[str, Path]) -> bool:
@@ -312,8 +330,7 @@ def write_figures(out: Path, data_yaml: Path, n_each: int = 2) -> list[Path]:
     for train_cache in teachers:
         name = Path(train_cache).stem
         cache = out / "caches" / "test" / f"{name}.h5"
-        if not cache.exists():
-            export_teacher(out / f"teacher_{name}", data_yaml, "test", cache, temperature=_temperature(out))
+        export_if_stale([out / f"teacher_{name}"], data_yaml, "test", cache, _temperature(out))
         test_caches.append(str(cache))
     paths = []
     for kind, sample_id in picks:
