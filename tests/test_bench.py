@@ -13,7 +13,7 @@ import torch
 from emtm.bench.flops import random_batch
 from emtm.bench.measure import stage_split
 from emtm.bench.runner import SHAPES
-from emtm.bench.variants import EagerRunner, compare_outputs, merge_agreement, parse_variant
+from emtm.bench.variants import EagerRunner, build_runner, compare_outputs, merge_agreement, parse_variant
 from emtm.cli import main
 from emtm.config import TrainConfig
 from emtm.data.text import PAD, UNK, Vocab
@@ -77,7 +77,7 @@ def test_bench_tiny_schema_and_flops_order(tmp_path: Path, capsys: pytest.Captur
 
 
 def test_variants_rows_are_checked_against_eager(tmp_path: Path) -> None:
-    variants = ["bf16", "cached", "threads=2", "graph"]
+    variants = ["bf16", "cached", "threads=2", "graph", "bf16+cast", "bf16+cast+cached"]
     try:
         import onnxruntime  # noqa: F401
 
@@ -101,6 +101,22 @@ def test_variants_rows_are_checked_against_eager(tmp_path: Path) -> None:
             assert rows[exact]["agreement"]["same_span"] == 1.0
             assert rows[exact]["agreement"]["max_rel_prob_err"] < 1e-4
     assert rows["bf16"]["agreement"]["max_rel_prob_err"] > 0  # bf16 is not bit-exact
+    for cast in ("bf16+cast", "bf16+cast+cached"):  # bf16 weights and features: close, not exact
+        assert 0 < rows[cast]["agreement"]["max_rel_prob_err"] < 0.1
+    # the cast copy's resident weights and inputs are half the fp32 ones
+    assert rows["bf16+cast"]["peak_memory_mib"]["batch1"] < rows["eager"]["peak_memory_mib"]["batch1"]
+
+
+def test_cast_runner_leaves_the_model_in_fp32() -> None:
+    model, spec = tiny_student()
+    batch = random_batch(spec, SHAPES["tiny"], 4, seed=1)
+    runner = build_runner(parse_variant("bf16+cast"), model, torch.device("cpu"), batch, threads=1)
+    with torch.inference_mode():
+        out = runner(runner.prepare(batch))
+    assert out["start_logits"].dtype == torch.bfloat16 and out["windows"].shape == (4, 1, 2)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # the benchmark's reference is untouched
+    assert {p.dtype for p in runner.model.parameters()} == {torch.bfloat16}
+    assert batch["video"].dtype == torch.float32
 
 
 def test_compare_outputs_on_real_outputs() -> None:
@@ -142,7 +158,14 @@ def test_parse_variant() -> None:
     assert parse_variant("bf16+compile:max-autotune").name == "bf16+compile:max-autotune"
     assert parse_variant("threads=2+onnx").threads == 2
     assert parse_variant("compile").compile == "default"
-    for bad, words in [("turbo", "unknown variant"), ("onnx+bf16", "onnx"), ("threads=x", "whole number")]:
+    assert parse_variant("fp16+cast+compile:reduce-overhead").name == "fp16+cast+compile:reduce-overhead"
+    bad_variants = [
+        ("turbo", "unknown variant"),
+        ("onnx+bf16", "onnx"),
+        ("threads=x", "whole number"),
+        ("cast", "bf16 or fp16"),
+    ]
+    for bad, words in bad_variants:
         with pytest.raises(ConfigError, match=words):
             parse_variant(bad)
 

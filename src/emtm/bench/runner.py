@@ -213,9 +213,9 @@ def measure_memory(cand: Candidate, batches: Batches, device: torch.device) -> N
     if cand.variant.startswith("onnx") or "+onnx" in cand.variant:
         cand.memory = {"batch1": None, "batchN": None}
         return
-    model_bytes = tensor_bytes(cand.subject.model)
+    model_bytes = tensor_bytes(cand.runner.model)  # a `cast` variant keeps its own half-size copy
     for key, size in (("batch1", 1), ("batchN", batches.batch_size)):
-        batch = batches.get(cand.subject, size, cand.cached)
+        batch = cand.runner.inputs(batches.get(cand.subject, size, cand.cached))
         inputs = tensor_bytes({k: batch[k] for k in INPUT_KEYS})
         prepared = cand.prepared[size]
         cand.memory[key] = peak_memory_mb(lambda p=prepared: cand.runner(p), model_bytes + inputs, device)
