@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from emtm.config import TrainConfig
+from emtm.engine.ablate import mean_std_text
 from emtm.engine.checkpoint import export_student
 from emtm.engine.pipeline import measure, train_step
 from emtm.errors import EmtmError
@@ -80,12 +81,6 @@ def run_variant(run: Path, name: str, seed: int, epochs: int | None = None) -> d
     return {**{k: metrics[k] for k in (*METRICS, "n_queries")}, "val_r1@0.7": best_val}
 
 
-def mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
-
-
 def table(
     run: Path, results: dict[str, dict[str, Any]], epochs: int | None = None
 ) -> tuple[list[str], list[list[Any]], str]:
@@ -101,7 +96,7 @@ def table(
     rows: list[list[Any]] = [[best_name, "-", "0", *(f"{best[k]:.2f}" for k in METRICS), "-", "-"]]
     for name, by_seed in sorted(results.items(), key=lambda item: list(VARIANTS).index(item[0])):
         seeds = sorted(by_seed, key=int)
-        cols = [mean_std([by_seed[s][k] for s in seeds]) for k in (*METRICS, "val_r1@0.7")]
+        cols = [mean_std_text([by_seed[s][k] for s in seeds]) for k in (*METRICS, "val_r1@0.7")]
         share = (statistics.mean(by_seed[s]["r1@0.7"] for s in seeds) - statistics.mean(alone)) / gap
         rows.append([name, VARIANTS[name][0], ",".join(seeds), *cols, f"{share:.0%}" if gap > 0 else "-"])
     columns = ["variant", "what", "seeds", *METRICS, "best val R1@0.7", "share of the gap recovered"]

@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
 from emtm.config import OptimConfig, TrainConfig
 from emtm.data import synth
 from emtm.demo import DEMO_KD_WEIGHT, DEMO_TEACHERS
-from emtm.engine.ablate import parse_rows, run_ablation, slug
+from emtm.engine.ablate import mean_std_text, parse_rows, run_ablation, slug
 from emtm.engine.pipeline import export_if_stale, fold_epochs, kau_table, train_step
 from emtm.io import write_json, write_markdown_table
 
@@ -79,11 +78,6 @@ def kau_tables(ablation: Path) -> dict[str, dict[str, Any]]:
     return tables
 
 
-def mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.2f} ± {std:.2f}"
-
-
 def report(out: Path) -> dict[str, Any]:
     result: dict[str, Any] = {}
     rows = []
@@ -96,7 +90,7 @@ def report(out: Path) -> dict[str, Any]:
             seeds = row["seeds"]
             if not seeds:
                 continue
-            cells = [mean_std([s[m] for s in seeds.values()]) for m in METRICS]
+            cells = [mean_std_text([s[m] for s in seeds.values()]) for m in METRICS]
             table = kau.get(f"{slug(name)}/seed0")  # seed 0: the validation videos no teacher saw
             if table:
                 loss = table["ensemble_hard_loss"]

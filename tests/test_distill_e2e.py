@@ -285,3 +285,26 @@ def test_ablation_evaluates_a_finished_run_of_the_same_config_instead_of_trainin
     assert (tmp_path / "other" / "student-alone" / "seed0" / "model.safetensors").exists()
     assert main([*args, "--seeds", "1", "--threads", "0"]) == 2
     assert "threads must be at least 1" in capsys.readouterr().err
+
+
+def test_gap_over_seeds_uses_the_means_and_sample_std(load_benchmark) -> None:
+    gap_seeds = load_benchmark("gap_seeds")
+    alone = {"mean": 27.0, "std": 6.0, "n_seeds": 3, "gflops": 0.08}
+    emtm = {"mean": 33.0, "std": 0.5, "n_seeds": 3, "gflops": 0.08}
+    result = gap_seeds.gap_over_seeds([31.0, 37.0, 34.0], alone, {"EMTM": emtm}, teacher_gflops=0.64)
+    assert result["teacher"]["mean"] == pytest.approx(34.0) and result["teacher"]["std"] == pytest.approx(3.0)
+    assert result["gap"] == pytest.approx(7.0)
+    assert (result["gap_worst_teacher_seed"], result["gap_best_teacher_seed"]) == (4.0, 10.0)
+    group = result["emtm"]["EMTM"]
+    assert group["recovered"] == pytest.approx(6 / 7) and group["recovered_of_best_seed"] == pytest.approx(
+        0.6
+    )
+    assert group["flops_ratio"] == pytest.approx(0.125)
+    rows = gap_seeds.table_rows(result, "seqpan")
+    assert rows[0][1] == "34.00 ± 3.00" and rows[2][1] == "**7.00**" and "86%" in rows[3][2]
+    # no gap: no share to recover
+    flat = gap_seeds.gap_over_seeds([20.0], alone, {"EMTM": emtm}, 0.64)
+    assert (
+        flat["emtm"]["EMTM"]["recovered"] is None and flat["emtm"]["EMTM"]["recovered_of_best_seed"] is None
+    )
+    assert "no gap" in gap_seeds.table_rows(flat, "seqpan")[3][2]

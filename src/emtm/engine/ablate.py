@@ -228,13 +228,25 @@ def count_student_params(run) -> int:
     return count_parameters(run.model)["trainable"]
 
 
+def mean_std(values: list[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value) over seeds."""
+    array = np.asarray(values, dtype=float)
+    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0}
+
+
+def mean_std_text(values: list[float]) -> str:
+    """'mean ± std' to two decimals, or the value alone for one seed."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    stat = mean_std(values)
+    return f"{stat['mean']:.2f} ± {stat['std']:.2f}"
+
+
 def summarise(results: dict[str, Any]) -> dict[str, Any]:
     seeds = list(results["seeds"].values())
     summary = {"n_seeds": len(seeds), "params": results.get("params"), "gflops": results.get("gflops")}
     for key in REPORTED:
-        values = np.array([s[key] for s in seeds])
-        std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        summary[key] = {"mean": float(values.mean()), "std": std}
+        summary[key] = mean_std([s[key] for s in seeds])
     return summary
 
 
