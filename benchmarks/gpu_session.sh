@@ -43,12 +43,12 @@ for s in $STEPS; do
   parity) step parity 45 $PY benchmarks/device_parity.py --out "$R" ;;
   bench)  # every model eager, and the student's variants, in one table
     step bench 260 $PY -m emtm bench --device cuda --shapes charades --batch 4096 --limits --no-progress \
-      --variants "bf16,fp16,graph,bf16+graph,cached,bf16+compile,bf16+compile:reduce-overhead,fp16+compile:reduce-overhead,fp16+cast+compile,fp16+cast+compile:reduce-overhead" \
+      --variants "fp16,graph,cached,fp16+compile,fp16+compile:reduce-overhead,fp16+cast+compile,fp16+cast+compile:reduce-overhead,fp16+cast+attn=matmul+compile,fp16+cast+attn=matmul+compile:reduce-overhead" \
       --json "$R/bench_charades.json" --md "$R/bench_charades.md" ;;
   profile)  # the student's throughput at larger batches, and where the time goes
-    step profile 170 $PY benchmarks/gpu_profile.py --out "$R" --variants "eager,fp16+compile,fp16+cast+compile" \
+    step profile 170 $PY benchmarks/gpu_profile.py --out "$R" --variants "eager,fp16+compile,fp16+cast+compile,fp16+cast+attn=matmul+compile" \
       --batches 16384 --compile-batches 4096,16384,32768 \
-      --profile "fp16+cast+compile@16384,fp16+cast+compile:reduce-overhead@1" ;;
+      --profile "fp16+cast+attn=matmul+compile@16384,fp16+cast+attn=matmul+compile:reduce-overhead@1" ;;
   trained)  # a trained student (its own config, vocabulary and weights): agreement of the fast variants
     step trained 90 $PY -m emtm bench --device cuda --run "${TRAINED_RUN:-.gpu/student_e30}" --batch 4096 \
       --no-progress --variants "bf16,fp16,bf16+graph,bf16+compile" \

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from emtm.data.dataset import collate
 from emtm.errors import ConfigError
 from emtm.models.base import DataSpec
+from emtm.models.layers import SelfAttentionBlock, matmul_attention
 from emtm.models.losses import BEGIN, END, INSIDE, OUTSIDE, matching_labels, smoothed_boundary_targets
 from emtm.models.registry import build_model, model_config, model_names
 from helpers import make_item
@@ -15,10 +17,19 @@ from helpers import make_item
 SPEC = DataSpec(video_dim=12, max_video_len=32, word_vectors=torch.randn(20, 8), n_chars=15, max_query_len=10)
 
 
-@pytest.mark.parametrize("name", ["student", "meanpool", "prior"])
+def use_matmul_attention(model: torch.nn.Module) -> torch.nn.Module:
+    for block in model.modules():
+        if isinstance(block, SelfAttentionBlock):
+            block.matmul_attention = True
+    return model
+
+
+@pytest.mark.parametrize("name", ["student", "student+attn=matmul", "meanpool", "prior"])
 def test_outputs_do_not_depend_on_padding(name: str) -> None:
     torch.manual_seed(0)
-    model = build_model(name, model_config(name), SPEC).eval()
+    model = build_model(name.split("+")[0], model_config(name.split("+")[0]), SPEC).eval()
+    if name.endswith("attn=matmul"):
+        use_matmul_attention(model)
     short = make_item(7, 3, seed=1)
     batch_items = [short, make_item(25, 9, seed=2), make_item(16, 5, seed=3)]
     with torch.no_grad():
@@ -33,6 +44,21 @@ def test_outputs_do_not_depend_on_padding(name: str) -> None:
         pred_alone = model.predict(alone, alone_batch, top_k=3)
         pred_padded = model.predict(padded, padded_batch, top_k=3)
     torch.testing.assert_close(pred_alone.windows[0], pred_padded.windows[0])
+
+
+def test_matmul_attention_is_scaled_dot_product_attention() -> None:
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 7, 4) for _ in range(3))
+    mask = torch.arange(7) < torch.tensor([7, 3, 1])[:, None]
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+    torch.testing.assert_close(matmul_attention(q, k, v, mask), expected, rtol=1e-5, atol=1e-6)
+    model = build_model("student", model_config("student"), SPEC).eval()
+    batch = collate([make_item(7, 3, seed=1), make_item(25, 9, seed=2)])
+    with torch.no_grad():
+        fused = model(batch)
+        matmul = use_matmul_attention(model)(batch)
+    for key in ("start_logits", "end_logits"):
+        torch.testing.assert_close(matmul[key], fused[key], rtol=1e-4, atol=1e-5)
 
 
 def test_student_never_predicts_into_padding() -> None:

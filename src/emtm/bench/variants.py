@@ -7,6 +7,8 @@ A variant is written as features joined by '+', e.g. `bf16+compile:max-autotune`
 * `cast`                with bf16/fp16: instead of autocast, a copy of the model's weights and the
                         video features are converted to that dtype once, before timing (no casts
                         inside a call: fewer kernels, half the input bytes);
+* `attn=matmul`         self-attention as two batched matmuls around a masked softmax (on a copy of
+                        the model) instead of F.scaled_dot_product_attention's fused kernel;
 * `compile[:MODE]`      torch.compile of forward + decoding, MODE as torch.compile's (default: 'default');
 * `graph`               CUDA-graph replay of forward + decoding for each fixed input shape (CUDA only);
 * `onnx`                export to ONNX, run with onnxruntime on the CPU (decoding stays in PyTorch);
@@ -34,7 +36,7 @@ from torch import Tensor, nn
 from emtm.engine import speed
 from emtm.errors import ConfigError
 from emtm.models.decode import decode_spans
-from emtm.models.layers import masked_softmax
+from emtm.models.layers import SelfAttentionBlock, masked_softmax
 
 Batch = dict[str, Tensor]
 Outputs = dict[str, Tensor]
@@ -47,6 +49,7 @@ class Variant:
     threads: int | None = None
     dtype: str | None = None
     cast: bool = False
+    attn: str | None = None
     compile: str | None = None
     graph: bool = False
     onnx: bool = False
@@ -61,6 +64,8 @@ class Variant:
             parts.append(self.dtype)
         if self.cast:
             parts.append("cast")
+        if self.attn:
+            parts.append(f"attn={self.attn}")
         if self.compile:
             parts.append("compile" if self.compile == "default" else f"compile:{self.compile}")
         parts += [flag for flag in ("graph", "onnx", "cached") if getattr(self, flag)]
@@ -79,6 +84,10 @@ def parse_variant(text: str) -> Variant:
                 variant = replace(variant, threads=int(key.split("=", 1)[1]))
             except ValueError:
                 raise ConfigError(f"variant {text!r}: threads=N needs a whole number, got {key!r}") from None
+        elif key.startswith("attn="):
+            if key != "attn=matmul":
+                raise ConfigError(f"variant {text!r}: {key!r}; the attention choice is attn=matmul")
+            variant = replace(variant, attn="matmul")
         elif key in ("bf16", "fp16"):
             variant = replace(variant, dtype=key)
         elif key == "compile":
@@ -88,11 +97,11 @@ def parse_variant(text: str) -> Variant:
         else:
             raise ConfigError(
                 f"unknown variant part {part!r} in {text!r}; use eager, threads=N, bf16, fp16, cast, "
-                "compile[:MODE], graph, onnx, cached, joined by '+'"
+                "attn=matmul, compile[:MODE], graph, onnx, cached, joined by '+'"
             )
     if variant.cast and not variant.dtype:
         raise ConfigError(f"variant {text!r}: cast converts weights and features to bf16 or fp16; name one")
-    if variant.onnx and (variant.dtype or variant.compile or variant.graph or variant.cached):
+    if variant.onnx and (variant.dtype or variant.compile or variant.graph or variant.cached or variant.attn):
         raise ConfigError(f"variant {text!r}: onnx runs fp32 in onnxruntime; combine it only with threads=N")
     if variant.graph and (variant.cached or variant.compile):
         raise ConfigError(
@@ -316,6 +325,12 @@ def build_runner(
     check_variant(variant, device, model)
     if variant.onnx:  # grad mode on: under no_grad, attention would export as an unsupported fused op
         return OnnxRunner(model, example, threads)
+    if variant.attn:
+        inner = copy.deepcopy(model)
+        for block in inner.modules():
+            if isinstance(block, SelfAttentionBlock):
+                block.matmul_attention = True
+        return build_runner(replace(variant, attn=None), inner, device, example, threads)
     if variant.cast:
         dtype = speed.PRECISIONS[variant.dtype]
         inner = build_runner(

@@ -119,8 +119,22 @@ class ConvBlock(nn.Module):
         return x * keep
 
 
+def matmul_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout: float = 0.0) -> Tensor:
+    """Scaled dot-product attention as two batched matmuls around a masked softmax, (B, H, L, e) with
+    `mask` (B, L) over the keys: the maths of F.scaled_dot_product_attention, in ops that Inductor can
+    fuse instead of a flash kernel whose tiles are mostly padding at head size 16 and L = 64."""
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    probs = masked_softmax(scores, mask[:, None, None, :])
+    return F.dropout(probs, dropout) @ v if dropout else probs @ v
+
+
 class SelfAttentionBlock(nn.Module):
-    """Pre-norm multi-head self-attention + feed-forward, with key padding masked out."""
+    """Pre-norm multi-head self-attention + feed-forward, with key padding masked out.
+
+    `matmul_attention = True` (per instance) computes the attention with `matmul_attention` instead of
+    F.scaled_dot_product_attention; `emtm bench`'s `attn=matmul` variant sets it on a copy of a model."""
+
+    matmul_attention = False
 
     def __init__(self, d: int, n_heads: int = 8, dropout: float = 0.1):
         super().__init__()
@@ -143,7 +157,10 @@ class SelfAttentionBlock(nn.Module):
         qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
         q, k, v = qkv.view(batch, length, 3, attn.num_heads, d // attn.num_heads).permute(2, 0, 3, 1, 4)
         dropout = attn.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], dropout_p=dropout)
+        if self.matmul_attention:
+            out = matmul_attention(q, k, v, mask, dropout)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], dropout_p=dropout)
         return attn.out_proj(out.transpose(1, 2).reshape(batch, length, d))
 
 
