@@ -2,7 +2,8 @@
 # The GPU checks of one lent-GPU session, in order, each under its own time limit, so that one failure
 # or hang costs only its own step. Results land in $R (default /tmp/gpu_session) and, packed again
 # after every step, in $OUT/results.tar.gz (default runs/gpu_session). Steps: STEPS="parity bench
-# profile trained shapes demo" (any subset, in that order).
+# profile trained shapes demo" (any subset, in that order; the default, "parity bench profile", fits
+# one device call; "trained shapes" need a second).
 #
 #   OUT=runs/gpu STEPS="parity bench" bash benchmarks/gpu_session.sh
 #
@@ -14,7 +15,7 @@
 # git-ignored; carry them with the call.
 set -u
 OUT=${OUT:-runs/gpu_session}
-STEPS=${STEPS:-parity bench profile trained shapes}
+STEPS=${STEPS:-parity bench profile}  # about 8 min of limits: one call of a lent GPU (10 min at most)
 GLOVE=${GLOVE:-$PWD/.gpu/glove-trim.50d.txt}
 R=${R:-/tmp/gpu_session}
 mkdir -p "$R" "$OUT"
