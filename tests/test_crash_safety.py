@@ -204,6 +204,10 @@ def test_a_damaged_checkpoint_fails_with_a_clear_message(
         load_train_state(run)
     assert main(["train", "--data", str(tiny_data), "--out", str(run), "--resume"]) == 2
     assert "emtm train: error:" in capsys.readouterr().err
+    (run / "last_state.pt").write_bytes(good)
+    (run / "config.json").unlink()  # a state without the run's settings: say so, not "nothing to resume"
+    assert main(["train", "--data", str(tiny_data), "--out", str(run), "--resume"]) == 2
+    assert "holds last_state.pt but no config.json" in capsys.readouterr().err
     (run / "last_state.pt").unlink()
     with pytest.raises(EmtmError, match="nothing to resume"):
         load_train_state(run)

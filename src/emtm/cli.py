@@ -180,6 +180,11 @@ def run_config(args: argparse.Namespace):
         return train_config_from_args(args)
     config_path = Path(args.out) / "config.json"
     if not config_path.exists():
+        if (Path(args.out) / "last_state.pt").exists():
+            raise EmtmError(
+                f"--resume: {args.out} holds last_state.pt but no config.json (written when a run starts), "
+                "so its settings are unknown; start the run again without --resume in an empty folder"
+            )
         raise EmtmError(f"--resume: {config_path} not found; nothing to resume in {args.out}")
     return validate(TrainConfig, load_json(config_path)["train"], str(config_path))
 
