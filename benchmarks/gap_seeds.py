@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from emtm.bench.flops import flops_per_query
-from emtm.engine.ablate import mean_std, mean_std_text
+from emtm.engine.ablate import mean_std, mean_std_text, stat_text
 from emtm.engine.checkpoint import load_run
 from emtm.errors import EmtmError
 from emtm.io import write_json, write_markdown_table
@@ -30,15 +30,15 @@ from emtm.io import write_json, write_markdown_table
 ALONE, EMTM = "student alone", "student + KAU + shared encoder (EMTM)"
 
 
-def read_results(paths: list[Path], key: str) -> tuple[list[float], list[str]]:
-    values, runs = [], []
+def read_results(paths: list[Path], key: str) -> list[dict[str, Any]]:
+    """The `emtm evaluate --json` files, each checked for `key`."""
+    results = []
     for path in paths:
         result = json.loads(path.read_text())
         if key not in result:
             raise EmtmError(f"{path}: no {key!r}; pass the JSON of `emtm evaluate --json`")
-        values.append(float(result[key]))
-        runs.append(result.get("run", str(path)))
-    return values, runs
+        results.append({**result, "run": result.get("run", str(path))})
+    return results
 
 
 def run_gflops(run_dir: str) -> float:
@@ -70,15 +70,9 @@ def gap_over_seeds(
         "student_alone": alone,
         "gap": gap,
         "gap_worst_teacher_seed": min(teacher) - alone["mean"],
-        "gap_best_teacher_seed": max(teacher) - alone["mean"],
+        "gap_best_teacher_seed": best_gap,
         "emtm": groups,
     }
-
-
-def stat_text(group: dict[str, Any]) -> str:
-    if group["n_seeds"] == 1:
-        return f"{group['mean']:.2f}"
-    return f"{group['mean']:.2f} ± {group['std']:.2f}"
 
 
 def table_rows(result: dict[str, Any], teacher_label: str) -> list[list[str]]:
@@ -86,7 +80,7 @@ def table_rows(result: dict[str, Any], teacher_label: str) -> list[list[str]]:
     rows = [
         [f"best teacher: {teacher_label} ({len(teacher['seeds'])} seeds)", mean_std_text(teacher["seeds"]),
          ", ".join(f"{v:.2f}" for v in teacher["seeds"])],
-        [f"student alone ({alone['n_seeds']} seeds)", stat_text(alone), ""],
+        [f"student alone ({alone['n_seeds']} seeds)", stat_text(alone, alone["n_seeds"]), ""],
         ["gap (teacher mean - student alone mean)", f"**{result['gap']:.2f}**",
          f"worst teacher seed {result['gap_worst_teacher_seed']:.2f}, "
          f"best {result['gap_best_teacher_seed']:.2f}"],
@@ -98,7 +92,7 @@ def table_rows(result: dict[str, Any], teacher_label: str) -> list[list[str]]:
             best = 100 * group["recovered_of_best_seed"]
             share = f"**{100 * group['recovered']:.0f}%** of the gap ({best:.0f}% of the best seed's)"
         seeds = "1 seed" if group["n_seeds"] == 1 else f"{group['n_seeds']} seeds"
-        rows.append([f"{label} ({seeds})", stat_text(group),
+        rows.append([f"{label} ({seeds})", stat_text(group, group["n_seeds"]),
                      f"recovers {share}; {group['flops_ratio']:.2f} of the teacher's FLOPs"])  # fmt: skip
     return rows
 
@@ -115,8 +109,10 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
 
-    teacher, runs = read_results(args.teacher, args.key)
-    names = {json.loads(path.read_text()).get("model", "teacher") for path in args.teacher}
+    teachers = read_results(args.teacher, args.key)
+    teacher = [float(r[args.key]) for r in teachers]
+    runs = [r["run"] for r in teachers]
+    names = {r.get("model", "teacher") for r in teachers}
     summary = json.loads(args.ablation.read_text())
     missing = [row for row in (ALONE, EMTM) if row not in summary]
     if missing:
@@ -131,9 +127,10 @@ def main() -> None:
 
     groups = {"full EMTM (ablation row 5)": ablation_group(EMTM)}
     if args.emtm:
-        values, emtm_runs = read_results(args.emtm, args.key)
+        students = read_results(args.emtm, args.key)
+        values = [float(r[args.key]) for r in students]
         groups[args.emtm_label] = {**mean_std(values), "n_seeds": len(values), "seeds": values,
-                                   "gflops": run_gflops(emtm_runs[0])}  # fmt: skip
+                                   "gflops": run_gflops(students[0]["run"])}  # fmt: skip
     result = gap_over_seeds(teacher, ablation_group(ALONE), groups, run_gflops(runs[0]))
     result.update({"metric": args.key, "teacher_runs": runs, "ablation": str(args.ablation)})
     args.out.mkdir(parents=True, exist_ok=True)

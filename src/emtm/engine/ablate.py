@@ -234,12 +234,14 @@ def mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0}
 
 
+def stat_text(stat: dict[str, float], n_seeds: int) -> str:
+    """A `mean_std` result as 'mean ± std' to two decimals, or the mean alone for one seed."""
+    return f"{stat['mean']:.2f}" if n_seeds == 1 else f"{stat['mean']:.2f} ± {stat['std']:.2f}"
+
+
 def mean_std_text(values: list[float]) -> str:
-    """'mean ± std' to two decimals, or the value alone for one seed."""
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    stat = mean_std(values)
-    return f"{stat['mean']:.2f} ± {stat['std']:.2f}"
+    """'mean ± std' of `values` to two decimals, or the value alone for one seed."""
+    return stat_text(mean_std(values), len(values))
 
 
 def summarise(results: dict[str, Any]) -> dict[str, Any]:
