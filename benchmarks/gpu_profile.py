@@ -32,7 +32,7 @@ from emtm.bench.limits import floors
 from emtm.bench.measure import summarize, tensor_bytes
 from emtm.bench.runner import SHAPES, BenchSettings, synthetic_subjects
 from emtm.bench.variants import INPUT_KEYS, EagerRunner, build_runner, compare_outputs, parse_variant
-from emtm.io import write_json
+from emtm.io import atomic_open, write_json
 
 DEFAULT_VARIANTS = "eager,bf16,fp16,bf16+compile,bf16+graph,bf16+compile:max-autotune-no-cudagraphs"
 
@@ -203,7 +203,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default=DEFAULT_VARIANTS)
     parser.add_argument("--passes", type=int, default=20, help="timed calls per cell (batch 1: at least 100)")
     parser.add_argument("--profile", default="eager@1,bf16+graph@1,bf16+compile@16384")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        help="seconds: cells and profiles not started by then are listed as skipped (the results so far "
+        "are written after every cell, so a run cut short keeps them)",
+    )
     args = parser.parse_args(argv)
+    started = time.perf_counter()
+
+    def late() -> bool:
+        return args.deadline is not None and time.perf_counter() - started > args.deadline
+
     if not torch.cuda.is_available():
         print("gpu_profile: error: needs a CUDA GPU (torch.cuda.is_available() is False)", file=sys.stderr)
         return 2
@@ -232,9 +244,25 @@ def main(argv: list[str] | None = None) -> int:
     batches = [int(b) for b in args.batches.split(",")]
     compile_batches = [int(b) for b in args.compile_batches.split(",")]
     with torch.inference_mode():
-        for item in args.profile.split(","):  # first: compiling here fills the caches the sweep reuses
+        for name in args.variants.split(","):  # first: compiling here fills the caches the profiles reuse
+            sizes = compile_batches if "compile" in name else batches
+            if "graph" in name:
+                sizes = [b for b in sizes if b <= 4096]
+            if "max-autotune" in name:
+                sizes = sizes[-1:]  # autotuning takes minutes per shape: the largest batch only
+            if late():
+                cells = [{"variant": name, "batch": b, "error": "skipped: past --deadline"} for b in sizes]
+            else:
+                cells = sweep_variant(name, model, spec, n_clips, sizes, args.passes, device)
+            result["sweep"] += cells
+            for cell in cells:
+                print(json.dumps({k: cell.get(k) for k in ("variant", "batch", "qps", "error")}), flush=True)
+            save(out, result)
+        for item in filter(None, args.profile.split(",")):
             name, _, size = item.partition("@")
             try:
+                if late():
+                    raise TimeoutError("skipped: past --deadline")
                 result["profiles"].append(profile_call(name, model, spec, n_clips, int(size), device))
             except Exception as err:  # noqa: BLE001
                 result["profiles"].append({"variant": name, "batch": int(size), "error": repr(err)[:300]})
@@ -242,22 +270,18 @@ def main(argv: list[str] | None = None) -> int:
                 json.dumps({k: v for k, v in result["profiles"][-1].items() if k != "table"})[:600],
                 flush=True,
             )
-            write_json(out / "gpu_profile.json", result)
-        for name in args.variants.split(","):
-            sizes = compile_batches if "compile" in name else batches
-            if "graph" in name:
-                sizes = [b for b in batches if b <= 4096]
-            if "max-autotune" in name:
-                sizes = sizes[-1:]  # autotuning takes minutes per shape: the largest batch only
-            cells = sweep_variant(name, model, spec, n_clips, sizes, args.passes, device)
-            result["sweep"] += cells
-            for cell in cells:
-                print(json.dumps({k: cell.get(k) for k in ("variant", "batch", "qps", "error")}), flush=True)
-            write_json(out / "gpu_profile.json", result)
-    text = markdown(result)
-    (out / "gpu_profile.md").write_text(text)
-    print(text)
+            save(out, result)
+    print(save(out, result))
     return 0
+
+
+def save(out: Path, result: dict[str, Any]) -> str:
+    """Write gpu_profile.json and gpu_profile.md (atomically); return the markdown."""
+    write_json(out / "gpu_profile.json", result)
+    text = markdown(result)
+    with atomic_open(out / "gpu_profile.md") as handle:
+        handle.write(text)
+    return text
 
 
 if __name__ == "__main__":

@@ -77,7 +77,16 @@ def test_bench_tiny_schema_and_flops_order(tmp_path: Path, capsys: pytest.Captur
 
 
 def test_variants_rows_are_checked_against_eager(tmp_path: Path) -> None:
-    variants = ["bf16", "cached", "threads=2", "graph", "bf16+cast", "bf16+cast+cached", "attn=matmul"]
+    variants = [
+        "bf16",
+        "cached",
+        "threads=2",
+        "graph",
+        "bf16+cast",
+        "bf16+cast+cached",
+        "attn=matmul",
+        "attn=math",
+    ]
     try:
         import onnxruntime  # noqa: F401
 
@@ -96,7 +105,13 @@ def test_variants_rows_are_checked_against_eager(tmp_path: Path) -> None:
         assert agreement["n_queries"] == 16 and 0.0 <= agreement["same_span"] <= 1.0
         assert row["vs_student"]["throughput"] > 0
     assert rows["threads=2"]["threads"] == 2 and "2 threads" in rows["threads=2"]["device"]
-    for exact in ("cached", "threads=2", "onnx", "attn=matmul"):  # same fp32 maths: the same spans
+    for exact in (
+        "cached",
+        "threads=2",
+        "onnx",
+        "attn=matmul",
+        "attn=math",
+    ):  # same fp32 maths: the same spans
         if exact in rows:
             assert rows[exact]["agreement"]["same_span"] == 1.0
             assert rows[exact]["agreement"]["max_rel_prob_err"] < 1e-4
@@ -160,12 +175,17 @@ def test_parse_variant() -> None:
     assert parse_variant("compile").compile == "default"
     assert parse_variant("fp16+cast+compile:reduce-overhead").name == "fp16+cast+compile:reduce-overhead"
     assert parse_variant("compile+attn=matmul+fp16").name == "fp16+attn=matmul+compile"
+    assert parse_variant("graph+combo+compile+fp16+cast").name == "fp16+cast+compile+combo+graph"
+    assert parse_variant("attn=efficient+compile:max-autotune-no-cudagraphs+graph").attn == "efficient"
     bad_variants = [
         ("turbo", "unknown variant"),
         ("onnx+bf16", "onnx"),
         ("threads=x", "whole number"),
         ("cast", "bf16 or fp16"),
-        ("attn=flash", "attn=matmul"),
+        ("attn=fast", "attn=matmul or an SDPA kernel"),
+        ("combo", "add compile"),
+        ("graph+compile:reduce-overhead", "own CUDA graphs"),
+        ("graph+cached", "graph cannot use cached"),
     ]
     for bad, words in bad_variants:
         with pytest.raises(ConfigError, match=words):

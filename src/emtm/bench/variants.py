@@ -9,8 +9,14 @@ A variant is written as features joined by '+', e.g. `bf16+compile:max-autotune`
                         inside a call: fewer kernels, half the input bytes);
 * `attn=matmul`         self-attention as two batched matmuls around a masked softmax (on a copy of
                         the model) instead of F.scaled_dot_product_attention's fused kernel;
+* `attn=BACKEND`        F.scaled_dot_product_attention restricted to one of its kernels (flash,
+                        efficient, cudnn, math: torch.nn.attention.SDPBackend), for compiling and calls;
 * `compile[:MODE]`      torch.compile of forward + decoding, MODE as torch.compile's (default: 'default');
+* `combo`               with compile: Inductor's combo kernels (independent kernels, e.g. of the video
+                        and the query branch, launched as one: fewer launches at small batches);
 * `graph`               CUDA-graph replay of forward + decoding for each fixed input shape (CUDA only);
+                        with compile (a mode without CUDA graphs of its own), the compiled code is
+                        captured: one graph launch per call, without reduce-overhead's bookkeeping;
 * `onnx`                export to ONNX, run with onnxruntime on the CPU (decoding stays in PyTorch);
 * `cached`              one video, many queries: the video is encoded once beforehand (models with
                         `encode_video` / `ground_encoded`, the student), each call grounds the queries.
@@ -42,6 +48,8 @@ Batch = dict[str, Tensor]
 Outputs = dict[str, Tensor]
 INPUT_KEYS = ("video", "video_mask", "words", "chars", "query_mask")
 AGREEMENT_TARGET = 0.99  # share of queries whose argmax span must match eager fp32
+SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that make CUDA graphs
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,7 @@ class Variant:
     cast: bool = False
     attn: str | None = None
     compile: str | None = None
+    combo: bool = False
     graph: bool = False
     onnx: bool = False
     cached: bool = False
@@ -68,7 +77,7 @@ class Variant:
             parts.append(f"attn={self.attn}")
         if self.compile:
             parts.append("compile" if self.compile == "default" else f"compile:{self.compile}")
-        parts += [flag for flag in ("graph", "onnx", "cached") if getattr(self, flag)]
+        parts += [flag for flag in ("combo", "graph", "onnx", "cached") if getattr(self, flag)]
         return "+".join(parts) or "eager"
 
 
@@ -85,30 +94,49 @@ def parse_variant(text: str) -> Variant:
             except ValueError:
                 raise ConfigError(f"variant {text!r}: threads=N needs a whole number, got {key!r}") from None
         elif key.startswith("attn="):
-            if key != "attn=matmul":
-                raise ConfigError(f"variant {text!r}: {key!r}; the attention choice is attn=matmul")
-            variant = replace(variant, attn="matmul")
+            choice = key.split("=", 1)[1]
+            if choice not in ("matmul", *SDPA_BACKENDS):
+                raise ConfigError(
+                    f"variant {text!r}: {key!r}; choose attn=matmul or an SDPA kernel: "
+                    + ", ".join(f"attn={b}" for b in SDPA_BACKENDS)
+                )
+            variant = replace(variant, attn=choice)
         elif key in ("bf16", "fp16"):
             variant = replace(variant, dtype=key)
         elif key == "compile":
             variant = replace(variant, compile=value or "default")
-        elif key in ("graph", "onnx", "cached", "cast"):
+        elif key in ("graph", "onnx", "cached", "cast", "combo"):
             variant = replace(variant, **{key: True})
         else:
             raise ConfigError(
                 f"unknown variant part {part!r} in {text!r}; use eager, threads=N, bf16, fp16, cast, "
-                "attn=matmul, compile[:MODE], graph, onnx, cached, joined by '+'"
+                "attn=matmul|flash|efficient|cudnn|math, compile[:MODE], combo, graph, onnx, cached, "
+                "joined by '+'"
             )
     if variant.cast and not variant.dtype:
         raise ConfigError(f"variant {text!r}: cast converts weights and features to bf16 or fp16; name one")
     if variant.onnx and (variant.dtype or variant.compile or variant.graph or variant.cached or variant.attn):
         raise ConfigError(f"variant {text!r}: onnx runs fp32 in onnxruntime; combine it only with threads=N")
-    if variant.graph and (variant.cached or variant.compile):
+    if variant.combo and not variant.compile:
+        raise ConfigError(f"variant {text!r}: combo is an option of torch.compile; add compile")
+    if variant.graph and variant.cached:
+        raise ConfigError(f"variant {text!r}: graph cannot use cached")
+    if variant.graph and variant.compile in CUDA_GRAPH_MODES:
         raise ConfigError(
-            f"variant {text!r}: graph replays eager forward passes; for compiled graphs use "
-            "compile:reduce-overhead, and graph cannot use cached"
+            f"variant {text!r}: compile:{variant.compile} makes its own CUDA graphs; capture a mode "
+            "without them (compile, compile:max-autotune-no-cudagraphs) with graph"
         )
     return variant
+
+
+def compiled(fn: Callable, mode: str, combo: bool = False) -> Callable:
+    """torch.compile(fn) for fixed shapes (one specialised graph per input shape: batch 1 and the
+    throughput batch), in `mode`, with Inductor's combo kernels when `combo`."""
+    if not combo:
+        return torch.compile(fn, mode=None if mode == "default" else mode, dynamic=False)
+    from torch._inductor import list_mode_options
+
+    return torch.compile(fn, options={**list_mode_options(mode), "combo_kernels": True}, dynamic=False)
 
 
 def auto_variants(device: torch.device, base_threads: int, everything: bool = False) -> list[str]:
@@ -150,6 +178,8 @@ def check_variant(variant: Variant, device: torch.device, model: nn.Module) -> N
         raise ConfigError("fp16 is for CUDA; use bf16 on the CPU")
     if variant.onnx and device.type != "cpu":
         raise ConfigError("onnx rows run onnxruntime on the CPU; use --device cpu")
+    if variant.attn in ("efficient", "cudnn") and device.type != "cuda":
+        raise ConfigError(f"attn={variant.attn} is a CUDA kernel; on the CPU use attn=flash or attn=math")
     if variant.cached and not (hasattr(model, "encode_video") and hasattr(model, "ground_encoded")):
         raise ConfigError(f"{type(model).__name__} has no encode_video / ground_encoded: nothing to cache")
 
@@ -187,6 +217,38 @@ class CastRunner(Runner):
         return self.inner(prepared)
 
 
+class SdpaBackendRunner(Runner):
+    """Another runner with F.scaled_dot_product_attention restricted to one kernel, in prepare() (where
+    CUDA graphs are captured) and in every call (where torch.compile traces on the first one)."""
+
+    def __init__(self, inner: Runner, backend: str):
+        from torch.nn.attention import SDPBackend
+
+        self.inner, self.model = inner, inner.model
+        self.backend = {
+            "flash": SDPBackend.FLASH_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION,
+            "cudnn": SDPBackend.CUDNN_ATTENTION,
+            "math": SDPBackend.MATH,
+        }[backend]
+
+    def kernel(self) -> contextlib.AbstractContextManager:
+        from torch.nn.attention import sdpa_kernel
+
+        return sdpa_kernel(self.backend)
+
+    def inputs(self, batch: Batch) -> Batch:
+        return self.inner.inputs(batch)
+
+    def prepare(self, batch: Batch) -> Any:
+        with self.kernel():
+            return self.inner.prepare(batch)
+
+    def __call__(self, prepared: Any) -> Outputs:
+        with self.kernel():
+            return self.inner(prepared)
+
+
 def decode_top1(model: nn.Module, outputs: Outputs, batch: Batch) -> Outputs:
     pred = model.predict(outputs, batch, top_k=1)
     return {**outputs, "windows": pred.windows, "scores": pred.scores}
@@ -196,13 +258,15 @@ class EagerRunner(Runner):
     """forward + top-1 decoding, optionally under autocast and/or torch.compile."""
 
     def __init__(
-        self, model: nn.Module, device: torch.device, dtype: str | None = None, compile: str | None = None
+        self,
+        model: nn.Module,
+        device: torch.device,
+        dtype: str | None = None,
+        compile: str | None = None,
+        combo: bool = False,
     ):
         self.model, self.device, self.precision = model, device, dtype or "fp32"
-        self.fn: Callable[[Batch], Outputs] = self.infer
-        if compile:
-            # one specialised graph per input shape (batch 1, the throughput batch): no dynamic shapes
-            self.fn = torch.compile(self.infer, mode=None if compile == "default" else compile, dynamic=False)
+        self.fn: Callable[[Batch], Outputs] = compiled(self.infer, compile, combo) if compile else self.infer
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return speed.autocast(self.precision, self.device)
@@ -236,12 +300,18 @@ class GraphRunner(Runner):
     """CUDA-graph replay of forward + top-1 span decoding, one graph per input shape, captured in
     prepare(); a call copies the inputs into the graph's static tensors and replays. Decoding runs in
     the graph too (it makes no host tensors). Autocast runs without its weight cache, as capture requires.
+    With `compile`, the torch.compile'd forward is what is captured (compiled in prepare's warm-up).
     The outputs are the graph's static tensors, overwritten by the next replay."""
 
-    def __init__(self, model: nn.Module, dtype: str | None = None):
+    def __init__(
+        self, model: nn.Module, dtype: str | None = None, compile: str | None = None, combo: bool = False
+    ):
         self.model, self.precision = model, dtype or "fp32"
+        self.body: Callable[[Batch], Outputs] = self.infer
+        if compile:
+            self.body = compiled(self.infer, compile, combo)
 
-    def body(self, batch: Batch) -> Outputs:
+    def infer(self, batch: Batch) -> Outputs:
         with speed.autocast(self.precision, torch.device("cuda"), cache_enabled=False):
             return decode_top1(self.model, self.model(batch), batch)
 
@@ -325,6 +395,9 @@ def build_runner(
     check_variant(variant, device, model)
     if variant.onnx:  # grad mode on: under no_grad, attention would export as an unsupported fused op
         return OnnxRunner(model, example, threads)
+    if variant.attn and variant.attn != "matmul":
+        inner = build_runner(replace(variant, attn=None), model, device, example, threads)
+        return SdpaBackendRunner(inner, variant.attn)
     if variant.attn:
         inner = copy.deepcopy(model)
         for block in inner.modules():
@@ -338,9 +411,9 @@ def build_runner(
         )
         return CastRunner(inner, dtype)
     if variant.graph:
-        return GraphRunner(model, variant.dtype)
+        return GraphRunner(model, variant.dtype, variant.compile, variant.combo)
     cls = CachedRunner if variant.cached else EagerRunner
-    return cls(model, device, variant.dtype, variant.compile)
+    return cls(model, device, variant.dtype, variant.compile, variant.combo)
 
 
 def compare_outputs(reference: Outputs, outputs: Outputs, mask: Tensor) -> dict[str, float]:
