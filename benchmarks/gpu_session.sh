@@ -3,9 +3,9 @@
 # or hang costs only its own step. Results land in $R (default /tmp/gpu_session) and, packed again
 # after every step, in $OUT/results.tar.gz (default runs/gpu_session). Steps: STEPS="latency throughput
 # parity bench profile trained shapes demo" (any subset, in that order). The default, "latency
-# throughput parity", fits one device call (about 8 minutes of limits): the student's batch-1 latency
+# throughput bench", fits one device call (about 9 minutes of limits): the student's batch-1 latency
 # and its throughput at batch 16,384, each variant side by side with eager fp32 and the previous best,
-# and a profile of the new candidate at each.
+# a profile of the new candidate at each, then emtm bench's table of every model with those variants.
 #
 #   OUT=runs/gpu STEPS="parity bench" bash benchmarks/gpu_session.sh
 #
@@ -17,7 +17,7 @@
 # git-ignored; carry them with the call.
 set -u
 OUT=${OUT:-runs/gpu_session}
-STEPS=${STEPS:-latency throughput parity}  # about 8 min of limits: one call of a lent GPU (10 min at most)
+STEPS=${STEPS:-latency throughput bench}  # about 8 min of limits: one call of a lent GPU (10 min at most)
 GLOVE=${GLOVE:-$PWD/.gpu/glove-trim.50d.txt}
 R=${R:-/tmp/gpu_session}
 mkdir -p "$R" "$OUT"
@@ -44,17 +44,17 @@ tail -n 3 "$R/env.txt"
 for s in $STEPS; do
   case $s in
   latency)  # batch 1: the previous best (compile:reduce-overhead) against compiled code in one CUDA graph
-    step latency 200 $PY benchmarks/gpu_profile.py --out "$R/latency" --batches 1 --compile-batches 1 \
-      --deadline 150 --variants "eager,fp16+compile:reduce-overhead,fp16+cast+compile:reduce-overhead,fp16+cast+compile+graph,fp16+cast+compile+combo+graph,fp16+cast+attn=matmul+compile+graph,fp16+cast+attn=efficient+compile+graph" \
-      --profile "fp16+cast+compile+graph@1" ;;
-  throughput)  # batch 16,384: the previous best (fp16+compile) against cast, attention kernels, combo kernels
-    step throughput 220 $PY benchmarks/gpu_profile.py --out "$R/throughput" --batches 16384 \
-      --compile-batches 16384 --deadline 170 --variants "eager,fp16+compile,fp16+cast+compile,fp16+cast+attn=matmul+compile,fp16+cast+attn=efficient+compile,fp16+cast+compile+combo" \
-      --profile "fp16+cast+compile@16384" ;;
+    step latency 170 $PY benchmarks/gpu_profile.py --out "$R/latency" --batches 1 --compile-batches 1 \
+      --deadline 120 --profile-first --profile "fp16+cast+compile+graph@1" \
+      --variants "eager,fp16+compile:reduce-overhead,fp16+cast+compile+graph,fp16+cast+compile:max-autotune-no-cudagraphs+graph" ;;
+  throughput)  # batch 16,384: the previous best (fp16+compile) against cast and matmul attention
+    step throughput 150 $PY benchmarks/gpu_profile.py --out "$R/throughput" --batches 16384 \
+      --compile-batches 16384 --deadline 110 --profile-first --profile "fp16+cast+attn=matmul+compile@16384" \
+      --variants "eager,fp16+compile,fp16+cast+compile,fp16+cast+attn=matmul+compile" ;;
   parity) step parity 45 $PY benchmarks/device_parity.py --out "$R" ;;
-  bench)  # every model eager, and the student's variants, in one table
-    step bench 260 $PY -m emtm bench --device cuda --shapes charades --batch 4096 --limits --no-progress \
-      --variants "fp16,graph,cached,fp16+compile,fp16+compile:reduce-overhead,fp16+cast+compile,fp16+cast+compile:reduce-overhead,fp16+cast+attn=matmul+compile,fp16+cast+attn=matmul+compile:reduce-overhead" \
+  bench)  # every model eager and the student's fastest variants, in one table (emtm bench itself)
+    step bench 200 $PY -m emtm bench --device cuda --shapes charades --batch 4096 --limits --no-progress \
+      --variants "fp16+compile:reduce-overhead,fp16+cast+compile+graph,fp16+cast+attn=matmul+compile" \
       --json "$R/bench_charades.json" --md "$R/bench_charades.md" ;;
   profile)  # the student's throughput at larger batches, and where the time goes
     step profile 170 $PY benchmarks/gpu_profile.py --out "$R" --variants "eager,fp16+compile,fp16+cast+compile,fp16+cast+attn=matmul+compile" \

@@ -130,14 +130,21 @@ def test_conv_taps_equal_the_conv_kernels(length: int) -> None:
 
 
 def test_char_windows_equal_the_char_convolutions() -> None:
-    """The unfolded-window matmul used under torch.compile computes each character convolution."""
+    """The one-matmul character CNN used under torch.compile gives the four convolutions' result,
+    for long, short, one-letter and empty (padding) words."""
     from emtm.models.layers import CharCNN
 
     torch.manual_seed(0)
     cnn = CharCNN(30, 12)
-    x = torch.randn(5, 12, 9)  # (words, char_dim, characters)
-    for conv in cnn.convs:
-        torch.testing.assert_close(CharCNN.windows(conv, x), conv(x), rtol=1e-5, atol=1e-5)
+    ids = torch.randint(1, 30, (6, 9))
+    for row, n_chars in enumerate([9, 5, 1, 0, 3, 4]):
+        ids[row, n_chars:] = 0
+    x = cnn.embed(ids)
+    starts = (ids > 0) | ~(ids > 0).any(-1, keepdim=True)
+    eager = cnn.pooled_convs(x, starts)
+    assert eager.shape == (6, cnn.out_dim)
+    torch.testing.assert_close(cnn.pooled_windows(x, starts), eager, rtol=1e-5, atol=1e-6)
+    assert "widths" not in cnn.state_dict()  # a constant of the layout, not a weight
 
 
 @pytest.mark.parametrize("name", ["student", "seqpan"])

@@ -186,28 +186,45 @@ class CharCNN(nn.Module):
         self.embed = nn.Embedding(n_chars, char_dim, padding_idx=0)
         self.convs = nn.ModuleList(nn.Conv1d(char_dim, c, k) for k, c in enumerate(channels, start=1))
         self.out_dim = sum(channels)
+        widths = torch.arange(1, len(channels) + 1).repeat_interleave(torch.tensor(channels))
+        self.register_buffer("widths", widths, persistent=False)  # each output channel's window width
 
     def forward(self, char_ids: Tensor) -> Tensor:  # (B, N, C) -> (B, N, out_dim)
         b, n, c = char_ids.shape
-        x = self.embed(char_ids.reshape(b * n, c)).transpose(1, 2)  # (BN, char_dim, C)
-        char_mask = (char_ids.reshape(b * n, c) > 0).unsqueeze(1)
+        ids = char_ids.reshape(b * n, c)
+        x = self.embed(ids)  # (BN, C, char_dim)
+        # a window counts if it starts on a real character; words with no characters (padding) keep all
+        starts = ids > 0
+        starts = starts | ~starts.any(-1, keepdim=True)
+        if torch.compiler.is_compiling():
+            pooled = self.pooled_windows(x, starts)
+        else:
+            pooled = self.pooled_convs(x, starts)
+        return pooled.reshape(b, n, self.out_dim)
+
+    def pooled_convs(self, x: Tensor, starts: Tensor) -> Tensor:
+        """(BN, C, char_dim) embeddings, (BN, C) window starts -> (BN, out_dim): one Conv1d per width."""
+        x = x.transpose(1, 2)
         pooled = []
         for conv in self.convs:
-            # (BN, c_k, C-k+1); a window counts if it starts on a real character
-            h = F.relu(self.windows(conv, x) if torch.compiler.is_compiling() else conv(x))
-            valid = char_mask[:, :, : h.shape[-1]]
-            valid = valid | ~char_mask.any(-1, keepdim=True)  # words with no characters (padding)
-            pooled.append(h.masked_fill(~valid, 0.0).amax(-1))
-        return torch.cat(pooled, -1).reshape(b, n, self.out_dim)
+            h = F.relu(conv(x))  # (BN, c_k, C-k+1)
+            pooled.append(h.masked_fill(~starts[:, None, : h.shape[-1]], 0.0).amax(-1))
+        return torch.cat(pooled, -1)
 
-    @staticmethod
-    def windows(conv: nn.Conv1d, x: Tensor) -> Tensor:
-        """`conv(x)` as one matmul over the unfolded character windows, used under torch.compile: on
-        an H200 the compiled student spent 15% of its time in cuDNN's layout transforms around these
-        convolutions (benchmarks/gpu_profile.py), which a matmul does not need."""
-        size = conv.kernel_size[0]
-        unfolded = x.unfold(2, size, 1).permute(0, 2, 1, 3).flatten(2)  # (BN, C-k+1, char_dim * k)
-        return F.linear(unfolded, conv.weight.flatten(1), conv.bias).transpose(1, 2)
+    def pooled_windows(self, x: Tensor, starts: Tensor) -> Tensor:
+        """`pooled_convs` as one matmul over the unfolded windows of the widest kernel, used under
+        torch.compile: each narrower kernel's weights are zero-padded to that width, and windows that
+        run past the last character position are masked per channel. On an H200 the compiled student
+        spent 15% of its time in cuDNN's layout transforms around the four convolutions
+        (benchmarks/gpu_profile.py); this is one matmul and one fused pooling kernel instead."""
+        widest = self.convs[-1].kernel_size[0]
+        length = x.shape[1]
+        windows = F.pad(x, (0, 0, 0, widest - 1)).unfold(1, widest, 1).flatten(2)  # (BN, C, char_dim * K)
+        weight = torch.cat([F.pad(conv.weight, (0, widest - conv.kernel_size[0])) for conv in self.convs])
+        bias = torch.cat([conv.bias for conv in self.convs])
+        h = F.relu(F.linear(windows, weight.flatten(1), bias))  # (BN, C, out_dim)
+        fits = torch.arange(length, device=x.device)[:, None] <= length - self.widths  # (C, out_dim)
+        return h.masked_fill(~(starts[:, :, None] & fits), 0.0).amax(1)
 
 
 class WordEmbedding(nn.Module):
