@@ -28,36 +28,13 @@ import torch
 
 from emtm.bench.device import synchronize, time_calls
 from emtm.bench.flops import flops_per_query, random_batch
-from emtm.bench.limits import floors
+from emtm.bench.limits import floors, measure_gpu_ceilings
 from emtm.bench.measure import summarize, tensor_bytes
 from emtm.bench.runner import SHAPES, BenchSettings, synthetic_subjects
 from emtm.bench.variants import INPUT_KEYS, EagerRunner, build_runner, compare_outputs, parse_variant
 from emtm.io import atomic_open, write_json
 
 DEFAULT_VARIANTS = "eager,bf16,fp16,bf16+compile,bf16+graph,bf16+compile:max-autotune-no-cudagraphs"
-
-
-def _mean_ms(fn, device: torch.device) -> float:
-    for _ in range(3):
-        fn()
-    return sum(time_calls(fn, 10, device)) / 10
-
-
-def measure_ceilings(device: torch.device) -> dict[str, float]:
-    """bf16 matmul FLOP/s (8192^3, random data) and device-to-device copy bandwidth (read + write)."""
-    n = 8192
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    matmul_ms = _mean_ms(lambda: a @ b, device)
-    src = torch.randn(2**29, device=device)  # 2 GiB of fp32
-    dst = torch.empty_like(src)
-    copy_ms = _mean_ms(lambda: dst.copy_(src), device)
-    nbytes = src.numel() * src.element_size()
-    torch.cuda.empty_cache()
-    return {
-        "bf16_matmul_flops": 2 * n**3 / (matmul_ms / 1000),
-        "copy_bandwidth": 2 * nbytes / (copy_ms / 1000),
-    }
 
 
 def sweep_variant(
@@ -231,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     flops = flops_per_query(model, spec, n_clips)
     one = random_batch(spec, n_clips, 1)
     nbytes = tensor_bytes({k: one[k] for k in INPUT_KEYS})
-    ceilings = measure_ceilings(device)
+    ceilings = measure_gpu_ceilings(device)
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device),
         "torch": torch.__version__,

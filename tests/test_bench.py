@@ -122,6 +122,39 @@ def test_variants_rows_are_checked_against_eager(tmp_path: Path) -> None:
     assert rows["bf16+cast"]["peak_memory_mib"]["batch1"] < rows["eager"]["peak_memory_mib"]["batch1"]
 
 
+def test_limits_compare_the_fastest_student_row_with_this_devices_ceiling(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    result = bench(tmp_path, "--models", "student", *QUICK, "--variants", "threads=1", "--limits")
+    rows = [r for r in result["rows"] if r["registry_name"] == "student"]
+    fastest = max(rows, key=lambda r: r["throughput_qps"])
+    limits = result["limits"]["tiny"]
+    assert (
+        limits["measured_variant"] == fastest["variant"]
+        and limits["measured_qps"] == fastest["throughput_qps"]
+    )
+    assert "gpu" not in limits and set(limits["gpus"]) == {"H100 SXM", "H200"}  # the CPU run: no GPU measured
+    estimate = limits["cpu"]["fp32_estimate"]
+    assert estimate["compute_floor_us"] == pytest.approx(fastest["flops"] / limits["cpu"]["fp32_flops"] * 1e6)
+    assert estimate["measured_share"] == pytest.approx(fastest["throughput_qps"] / estimate["ceiling_qps"])
+    line = capsys.readouterr().out
+    assert "tiny: student floors on this CPU" in line and f"({fastest['variant']})" in line
+
+
+def test_gpu_ceiling_timer_runs_the_operation_on_two_distinct_tensors() -> None:
+    """copy_ of a tensor onto itself returns at once: the bandwidth probe needs two tensors."""
+    from emtm.bench.limits import _mean_seconds
+
+    seen = []
+
+    def op(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        seen.append((tuple(a.shape), a.dtype, a is b or a.data_ptr() == b.data_ptr()))
+        return a.copy_(b)
+
+    assert _mean_seconds(op, torch.device("cpu"), (8, 8), torch.bfloat16) > 0
+    assert seen == [((8, 8), torch.bfloat16, False)] * 13  # 3 warm-ups + 10 timed calls
+
+
 def test_cast_runner_leaves_the_model_in_fp32() -> None:
     model, spec = tiny_student()
     batch = random_batch(spec, SHAPES["tiny"], 4, seed=1)

@@ -149,6 +149,7 @@ def summary_rows(result: dict[str, Any]) -> list[list[str]]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from emtm.bench.limits import limits_line
     from emtm.bench.runner import run_bench
     from emtm.cli import print_table
     from emtm.io import write_json, write_markdown_table
@@ -164,13 +165,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         summary_rows(result),
     )
     for shape, limits in result.get("limits", {}).items():
-        cpu = limits["cpu"]
-        ceiling = cpu["fp32_estimate"]["ceiling_qps"]
-        print(
-            f"{shape}: student floors on this CPU (fp32 estimate {cpu['fp32_flops'] / 1e9:.0f} GFLOP/s, "
-            f"copy {cpu['copy_bandwidth'] / 1e9:.1f} GB/s): ceiling {ceiling:.0f} q/s, "
-            f"measured {limits.get('measured_qps') or 0:.0f} q/s"
-        )
+        print(limits_line(shape, limits))
     if args.json:
         write_json(args.json, result)
         print(f"wrote {args.json}")

@@ -1,10 +1,12 @@
 """The floors of inference: the compute floor (FLOPs / peak FLOP/s) and the memory floor (bytes that
-must be read / bandwidth), for this CPU and for the H100/H200, and how far a measurement is from them.
+must be read / bandwidth), for this CPU or this GPU and for the H100/H200, and how far a measurement is
+from them.
 
 This CPU's peak is estimated, not measured: cores x clock x SIMD lanes x 2 (a fused multiply-add is 2
 FLOPs) x FMA units per core (2 on Xeon Scalable parts with AVX-512; an assumption, see the result's
 `how`). A large fp32 matmul gives the peak PyTorch reaches in practice. Bandwidth is measured with a
 large numpy copy (1 thread; read + write bytes over the time), larger than the last-level cache.
+A GPU's ceilings are measured on the card: a bf16 8192^3 matmul and a 2 GiB device-to-device copy.
 """
 
 from __future__ import annotations
@@ -91,6 +93,27 @@ def measure_copy_bandwidth(nbytes: int = 1 << 30, tries: int = 5) -> float:
     return 2 * src.nbytes / best
 
 
+def measure_gpu_ceilings(device: torch.device) -> dict[str, float]:
+    """bf16 matmul FLOP/s (8192^3, random data) and device-to-device copy bandwidth (read + write),
+    each the mean of 10 calls after 3 warm-ups."""
+    n, copy_bytes = 8192, 2**31  # the copy: 2 GiB of fp32, read once and written once
+    matmul_s = _mean_seconds(lambda a, b: a @ b, device, (n, n), torch.bfloat16)
+    copy_s = _mean_seconds(lambda a, b: a.copy_(b), device, (copy_bytes // 4,), torch.float32)
+    torch.cuda.empty_cache()
+    return {"bf16_matmul_flops": 2 * n**3 / matmul_s, "copy_bandwidth": 2 * copy_bytes / copy_s}
+
+
+def _mean_seconds(op, device: torch.device, shape: tuple[int, ...], dtype: torch.dtype) -> float:
+    """Mean seconds of op(a, b) on two random tensors of `shape`, over 10 calls after 3 warm-ups."""
+    from emtm.bench.device import time_calls
+
+    a = torch.randn(shape, device=device, dtype=dtype)
+    b = torch.randn(shape, device=device, dtype=dtype)
+    for _ in range(3):
+        op(a, b)
+    return sum(time_calls(lambda: op(a, b), 10, device)) / 10 / 1000
+
+
 def floors(flops: float, bytes_read: float, peak_flops: float, bandwidth: float) -> dict[str, float]:
     """Per-query floors in microseconds and the queries/s ceiling they imply."""
     compute_us = flops / peak_flops * 1e6
@@ -103,23 +126,20 @@ def floors(flops: float, bytes_read: float, peak_flops: float, bandwidth: float)
 
 
 def limits_report(
-    flops: float, bytes_read: float, measured_qps: float | None, threads: int, bandwidth_bytes: int = 1 << 30
+    flops: float,
+    bytes_read: float,
+    measured_qps: float | None,
+    threads: int,
+    bandwidth_bytes: int = 1 << 30,
+    device: torch.device | None = None,
+    measured_variant: str = "eager",
 ) -> dict[str, Any]:
-    """Floors of one model/shape on this CPU (estimated and matmul-measured peaks) and on the GPUs."""
-    cpu = cpu_peak_estimate(threads)
-    matmul = measure_matmul_flops(threads)
-    bandwidth = measure_copy_bandwidth(bandwidth_bytes)
+    """Floors of one model/shape on this device (a CPU: estimated and matmul-measured peaks; a GPU:
+    its measured ceilings) and on the H100/H200 (nominal), and the share of the ceiling a measured
+    throughput reaches (`measured_variant` names the run that gave it)."""
     report: dict[str, Any] = {
         "flops_per_query": flops,
         "bytes_per_query": bytes_read,
-        "cpu": {
-            **cpu,
-            "matmul_fp32_flops": matmul,
-            "copy_bandwidth": bandwidth,
-            "fp32_estimate": floors(flops, bytes_read, cpu["fp32_flops"], bandwidth),
-            "fp32_matmul": floors(flops, bytes_read, matmul, bandwidth),
-            "bf16_estimate": floors(flops, bytes_read, cpu["bf16_flops"], bandwidth),
-        },
         "gpus": {
             name: {
                 **gpu,
@@ -129,8 +149,54 @@ def limits_report(
             for name, gpu in GPUS.items()
         },
     }
+    if device is not None and device.type == "cuda":
+        ceilings = measure_gpu_ceilings(device)
+        report["gpu"] = {
+            "name": torch.cuda.get_device_name(device),
+            **ceilings,
+            "measured": floors(flops, bytes_read, ceilings["bf16_matmul_flops"], ceilings["copy_bandwidth"]),
+        }
+        sections = [report["gpu"]["measured"]]
+    else:
+        cpu = cpu_peak_estimate(threads)
+        matmul = measure_matmul_flops(threads)
+        bandwidth = measure_copy_bandwidth(bandwidth_bytes)
+        report["cpu"] = {
+            **cpu,
+            "matmul_fp32_flops": matmul,
+            "copy_bandwidth": bandwidth,
+            "fp32_estimate": floors(flops, bytes_read, cpu["fp32_flops"], bandwidth),
+            "fp32_matmul": floors(flops, bytes_read, matmul, bandwidth),
+            "bf16_estimate": floors(flops, bytes_read, cpu["bf16_flops"], bandwidth),
+        }
+        sections = [report["cpu"][key] for key in ("fp32_estimate", "fp32_matmul", "bf16_estimate")]
     if measured_qps:
-        report["measured_qps"] = measured_qps
-        for key in ("fp32_estimate", "fp32_matmul", "bf16_estimate"):
-            report["cpu"][key]["measured_share"] = measured_qps / report["cpu"][key]["ceiling_qps"]
+        report["measured_qps"], report["measured_variant"] = measured_qps, measured_variant
+        for section in sections:
+            section["measured_share"] = measured_qps / section["ceiling_qps"]
     return report
+
+
+def limits_line(shape: str, report: dict[str, Any]) -> str:
+    """One line for the end of `emtm bench --limits`: the ceiling and how far the fastest run is from it."""
+    if "gpu" in report:
+        gpu = report["gpu"]
+        where = (
+            f"{gpu['name']} (measured: bf16 matmul {gpu['bf16_matmul_flops'] / 1e12:.0f} TFLOP/s, "
+            f"copy {gpu['copy_bandwidth'] / 1e12:.2f} TB/s)"
+        )
+        ceiling = gpu["measured"]
+    else:
+        cpu = report["cpu"]
+        where = (
+            f"this CPU (fp32 estimate {cpu['fp32_flops'] / 1e9:.0f} GFLOP/s, "
+            f"copy {cpu['copy_bandwidth'] / 1e9:.1f} GB/s)"
+        )
+        ceiling = cpu["fp32_estimate"]
+    text = f"{shape}: student floors on {where}: ceiling {ceiling['ceiling_qps']:,.0f} q/s"
+    if report.get("measured_qps"):
+        text += (
+            f"; fastest measured {report['measured_qps']:,.0f} q/s ({report['measured_variant']}), "
+            f"{ceiling['measured_share']:.1%} of it"
+        )
+    return text

@@ -411,16 +411,27 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         }
 
 
-def limits_section(rows: list[dict[str, Any]], threads: int) -> dict[str, Any]:
-    """The floors of the eager student at each benched shape (emtm.bench.limits)."""
+def limits_section(rows: list[dict[str, Any]], threads: int, device: torch.device) -> dict[str, Any]:
+    """The student's floors at each benched shape on this device (emtm.bench.limits), and how far its
+    fastest row (eager or a variant) is from them."""
     from emtm.bench.limits import limits_report
 
     out = {}
-    for row in rows:
-        if row["registry_name"] == "student" and row["variant"] == "eager" and not row["error"]:
-            out[row["shape"]] = limits_report(
-                row["flops"], row["input_bytes_per_query"], row["throughput_qps"], threads
-            )
+    for shape in dict.fromkeys(r["shape"] for r in rows):
+        students = [
+            r for r in rows if r["shape"] == shape and r["registry_name"] == "student" and not r["error"]
+        ]
+        if not students:
+            continue
+        fastest = max(students, key=lambda r: r["throughput_qps"] or 0.0)
+        out[shape] = limits_report(
+            fastest["flops"],
+            fastest["input_bytes_per_query"],
+            fastest["throughput_qps"],
+            threads,
+            device=device,
+            measured_variant=fastest["variant"],
+        )
     return out
 
 
@@ -468,5 +479,5 @@ def run_bench(settings: BenchSettings) -> dict[str, Any]:
                     shape, n_clips, subjects, variants, settings, device, base_threads, batch_size, bar
                 )
         if settings.limits:
-            result["limits"] = limits_section(result["rows"], base_threads)
+            result["limits"] = limits_section(result["rows"], base_threads, device)
     return result
