@@ -89,6 +89,9 @@ def test_overrides_and_unknown_keys() -> None:
     args = parser.parse_args(["train", "--data", "d.yaml", "--out", "o", "--set", "model_options.width=1"])
     with pytest.raises(ConfigError, match="model.width"):
         train_config_from_args(args)
+    args = parser.parse_args(["train", "--data", "d.yaml", "--out", "o", "--set", "optim.lr=[1"])
+    with pytest.raises(ConfigError, match=r"--set 'optim.lr=\[1': the value is not valid YAML"):
+        train_config_from_args(args)
 
 
 def test_a_broken_run_directory_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -651,6 +651,12 @@ CONFIG_CASES = [
         "yaml-syntax", data_yaml("format: [jsonl\n"), ConfigError, ("{tmp}/data.yaml", "not valid YAML/JSON")
     ),
     Case(
+        "yaml-bad-escape",  # PyYAML raises a bare ValueError for a code point past U+10FFFF
+        data_yaml('format: "\\U0011ffff"\n'),
+        ConfigError,
+        ("{tmp}/data.yaml", "not valid YAML/JSON", "chr() arg not in range"),
+    ),
+    Case(
         "yaml-not-utf8",
         data_yaml(b"format: jsonl # caf\xe9\n"),
         ConfigError,

@@ -137,10 +137,10 @@ def read_mapping(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: file not found")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML/JSON ({err})") from None
-    except UnicodeDecodeError as err:
+    except UnicodeDecodeError as err:  # before ValueError, its base class
         raise ConfigError(f"{path}: not UTF-8 text (byte offset {err.start}); save it as UTF-8") from None
+    except (yaml.YAMLError, ValueError) as err:  # PyYAML raises ValueError for a bad \U escape
+        raise ConfigError(f"{path}: not valid YAML/JSON ({err})") from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot read ({err.strerror or err}); expected a YAML/JSON file") from None
     except RecursionError:
@@ -172,5 +172,8 @@ def apply_overrides(
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{flag} {item!r}: {part!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(value)
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except (yaml.YAMLError, ValueError) as err:
+            raise ConfigError(f"{flag} {item!r}: the value is not valid YAML ({err})") from None
     return raw
