@@ -226,6 +226,29 @@ def test_reduced_precision_runs_the_model_under_autocast(run_dir: Path, tiny_dat
     assert found == [best16]
 
 
+def test_cast_converts_the_weights_once_and_grounds_without_autocast(
+    run_dir: Path, tiny_data: Path, monkeypatch
+) -> None:
+    store = prepare(load_data_config(tiny_data), 0, ("test",)).store
+    features = store.load(store.video_ids()[0])
+    fp32 = Grounder.load(run_dir, device="cpu")
+    cast = Grounder.load(run_dir, device="cpu", precision="bf16", cast=True)
+    assert {p.dtype for p in cast.run.model.parameters()} == {torch.bfloat16} and "bf16 cast" in repr(cast)
+    monkeypatch.setattr(torch, "autocast", None)  # any autocast from here on would fail
+    video32, video16 = fp32.encode_video(features), cast.encode_video(features)
+    assert video16.prepared.encoded.dtype == torch.bfloat16  # features went in as bf16
+    torch.testing.assert_close(video16.prepared.encoded.float(), video32.prepared.encoded, rtol=0.1, atol=0.1)
+    query = "a person opens the door"
+    best32, best16 = video32.ground(query), video16.ground(query)
+    assert 0.0 <= best16.start < best16.end <= video16.duration + 1e-6
+    assert best16.score == pytest.approx(best32.score, rel=0.1, abs=0.02)
+    assert cast.ground_many({"v": features}, [("v", query)], {"v": video16.duration}) == [best16]
+    long = np.concatenate([features] * 3)  # sliding windows: each window's features in bf16 too
+    assert cast.ground(long, query, duration=3 * video16.duration, long_video="window").end > 0
+    with pytest.raises(EmtmError, match="cast converts the weights to the precision"):
+        Grounder.load(run_dir, device="cpu", cast=True)
+
+
 def test_compile_wraps_the_students_entry_points(run_dir: Path, tiny_data: Path, monkeypatch) -> None:
     import emtm.engine.speed as speed
 

@@ -198,6 +198,18 @@ def test_predict_with_reduced_precision(
     top = [(r["pred_relevant_windows"][0][2], e["pred_relevant_windows"][0][2]) for r, e in zip(fast, exact)]
     assert all(abs(a - b) <= 0.05 * b + 0.02 for a, b in top)
     assert fast != exact  # bf16 is not bit-exact
+    cast = tmp_path / "cast.jsonl"  # the weights and features converted to bf16 once: close too
+    assert (
+        main([*args, "--out", str(cast), "--precision", "bf16", "--cast", "--device", "cpu", "--no-progress"])
+        == 0
+    )
+    top = [
+        (r["pred_relevant_windows"][0][2], e["pred_relevant_windows"][0][2])
+        for r, e in zip(read_lines(cast), exact)
+    ]
+    assert len(top) == len(exact) and all(abs(a - b) <= 0.05 * b + 0.02 for a, b in top)
     capsys.readouterr()
     code = main([*args, "--out", str(tmp_path / "x.jsonl"), "--precision", "fp16", "--device", "cpu"])
     assert code == 2 and "fp16 needs a CUDA device" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "y.jsonl"), "--cast", "--device", "cpu"]) == 2
+    assert "cast converts the weights to the precision" in capsys.readouterr().err

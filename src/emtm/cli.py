@@ -444,7 +444,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from emtm.api import Grounder
 
-    grounder = Grounder.load(args.model or args.run, args.device, args.precision, args.compile)
+    grounder = Grounder.load(args.model or args.run, args.device, args.precision, args.compile, args.cast)
     path = Path(args.features)
     if not path.exists():
         raise EmtmError(f"{path}: features file not found (expected a (T, D) .npy array)")
@@ -486,9 +486,11 @@ def predict_split(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     run = load_model(args.model or args.run, device)
     speed.check_precision(args.precision, device)
+    if args.cast:
+        speed.cast_model(run.model, args.precision)
     if args.compile:
         speed.compile_model(run.model, args.compile)
-    with speed.autocast(args.precision, device):
+    with speed.autocast("fp32" if args.cast else args.precision, device):
         summary = predict_file(
             run, args.data, args.split, args.out, device, args.top_k, args.batch_size, not args.no_progress
         )
@@ -756,6 +758,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["fp32", "fp16", "bf16"],
         default="fp32",
         help="autocast for inference (fp16: CUDA only, the fast path measured in docs/BENCHMARKS.md)",
+    )
+    p.add_argument(
+        "--cast",
+        action="store_true",
+        help="with --precision fp16/bf16: convert the weights and the features to it once instead of "
+        "autocasting every call (with --compile, the fastest GPU path measured)",
     )
     p.add_argument(
         "--compile",

@@ -16,6 +16,7 @@ from emtm.data.dataset import GroundingDataset, collate
 from emtm.data.grid import index_to_time, time_to_index
 from emtm.data.records import Sample
 from emtm.engine.metrics import grounding_metrics
+from emtm.engine.speed import model_dtype
 from emtm.models.base import GroundingModel
 
 
@@ -27,8 +28,15 @@ class SplitPredictions:
     n_clips: np.ndarray  # valid clips per query after resampling
 
 
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def to_device(
+    batch: dict[str, torch.Tensor], device: torch.device, video_dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
+    """The batch on `device`, its video features in `video_dtype` (a model cast to fp16/bf16 reads
+    them so; durations and other floats keep their dtype)."""
+    moved = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    if "video" in moved:
+        moved["video"] = moved["video"].to(video_dtype)
+    return moved
 
 
 @torch.no_grad()
@@ -52,7 +60,7 @@ def predict_dataset(
     )
     windows, scores, n_clips = [], [], []
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        batch = to_device(batch, device)
+        batch = to_device(batch, device, model_dtype(model))
         outputs = model(batch)
         pred = model.predict(
             outputs, batch, top_k=eval_cfg.top_k, max_len=eval_cfg.max_moment_len, nms_iou=eval_cfg.nms_iou

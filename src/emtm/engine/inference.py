@@ -23,7 +23,9 @@ from torch import Tensor
 from emtm.data.dataset import collate, encode_query
 from emtm.data.features import resample_features
 from emtm.engine.checkpoint import LoadedRun
+from emtm.engine.evaluate import to_device
 from emtm.engine.metrics import temporal_nms
+from emtm.engine.speed import model_dtype
 from emtm.errors import EmtmError
 
 LONG_VIDEO_MODES = ("auto", "window", "resample")
@@ -92,7 +94,8 @@ def prepare_video(run: LoadedRun, features: np.ndarray, duration: float) -> Prep
     encoded = None
     model = run.model.eval()
     if hasattr(model, "encode_video"):
-        encoded = model.encode_video(torch.tensor(video, device=device).unsqueeze(0), mask)
+        features = torch.tensor(video, device=device, dtype=model_dtype(model))
+        encoded = model.encode_video(features.unsqueeze(0), mask)
     return PreparedVideo(video, float(duration), encoded)
 
 
@@ -117,8 +120,7 @@ def query_batch(run: LoadedRun, pairs: Sequence[tuple[PreparedVideo, str]]) -> d
                 "duration": video.duration,
             }
         )
-    device = model_device(run)
-    return {k: v.to(device) for k, v in collate(items, spec.max_word_chars).items()}
+    return to_device(collate(items, spec.max_word_chars), model_device(run), model_dtype(run.model))
 
 
 def encoded_batch(videos: Sequence[PreparedVideo], length: int) -> Tensor | None:
@@ -293,7 +295,9 @@ def prepare_windows(
     if hasattr(model, "encode_video"):
         device = model_device(run)
         for first in range(0, len(clips), batch_size):
-            video = torch.tensor(np.stack(clips[first : first + batch_size]), device=device)
+            video = torch.tensor(
+                np.stack(clips[first : first + batch_size]), device=device, dtype=model_dtype(model)
+            )
             mask = torch.ones(video.shape[:2], dtype=torch.bool, device=device)
             states = model.encode_video(video, mask)
             encoded[first : first + len(video)] = list(states.split(1))

@@ -186,8 +186,8 @@ class CharCNN(nn.Module):
         self.embed = nn.Embedding(n_chars, char_dim, padding_idx=0)
         self.convs = nn.ModuleList(nn.Conv1d(char_dim, c, k) for k, c in enumerate(channels, start=1))
         self.out_dim = sum(channels)
-        widths = torch.arange(1, len(channels) + 1).repeat_interleave(torch.tensor(channels))
-        self.register_buffer("widths", widths, persistent=False)  # each output channel's window width
+        # each output channel's window width (a plain tuple: models are built on the meta device)
+        self.widths = tuple(k for k, c in enumerate(channels, start=1) for _ in range(c))
 
     def forward(self, char_ids: Tensor) -> Tensor:  # (B, N, C) -> (B, N, out_dim)
         b, n, c = char_ids.shape
@@ -223,7 +223,8 @@ class CharCNN(nn.Module):
         weight = torch.cat([F.pad(conv.weight, (0, widest - conv.kernel_size[0])) for conv in self.convs])
         bias = torch.cat([conv.bias for conv in self.convs])
         h = F.relu(F.linear(windows, weight.flatten(1), bias))  # (BN, C, out_dim)
-        fits = torch.arange(length, device=x.device)[:, None] <= length - self.widths  # (C, out_dim)
+        widths = torch.tensor(self.widths, device=x.device)
+        fits = torch.arange(length, device=x.device)[:, None] <= length - widths  # (C, out_dim)
         return h.masked_fill(~(starts[:, :, None] & fits), 0.0).amax(1)
 
 
