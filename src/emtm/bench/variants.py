@@ -152,6 +152,8 @@ def auto_variants(device: torch.device, base_threads: int, everything: bool = Fa
             "bf16+compile:max-autotune-no-cudagraphs",
             "fp16+cast+compile",
             "fp16+cast+compile:reduce-overhead",
+            "fp16+cast+compile+graph",
+            "fp16+cast+attn=matmul+compile",
             "graph",
             "bf16+graph",
             "cached",
