@@ -131,6 +131,24 @@ def test_ablation_table_is_produced_and_resumable(tiny_data: Path, tmp_path: Pat
     assert (out / "ablation.json").stat().st_mtime_ns == before
 
 
+def test_summary_rows_show_a_spread_only_over_several_seeds() -> None:
+    from emtm.engine.ablate import summary_rows
+
+    def seed(r7: float) -> dict:
+        return {"r1@0.3": 50.0, "r1@0.5": 40.0, "r1@0.7": r7, "miou": 35.0}
+
+    state = {
+        "rows": {
+            "one seed": {"seeds": {"0": seed(30.0)}, "params": 1e6, "gflops": 0.1},
+            "two seeds": {"seeds": {"0": seed(30.0), "1": seed(34.0)}, "params": 1e6, "gflops": 0.1},
+            "not run": {"seeds": {}},
+        }
+    }
+    one, two = summary_rows(state)
+    assert one[0] == "one seed" and one[3] == "30.00" and one[-1] == 1  # no "± 0.00" for one seed
+    assert two[3] == "32.00 ± 2.83" and two[-1] == 2  # sample std, ddof 1
+
+
 def test_ablation_rows_are_numbered_as_in_the_paper() -> None:
     from emtm.engine.ablate import ablation_rows, parse_rows
     from emtm.errors import EmtmError

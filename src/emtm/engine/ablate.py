@@ -261,7 +261,7 @@ def summary_rows(state: dict[str, Any]) -> list[list[Any]]:
     for name, results in state["rows"].items():
         if results["seeds"]:
             s = summarise(results)
-            cells = [f"{s[k]['mean']:.2f} ± {s[k]['std']:.2f}" for k in REPORTED]
+            cells = [stat_text(s[k], s["n_seeds"]) for k in REPORTED]
             rows.append([name, *cells, f"{s['params'] / 1e6:.3f}", f"{s['gflops']:.3f}", s["n_seeds"]])
     return rows
 
