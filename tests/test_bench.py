@@ -21,6 +21,7 @@ from emtm.engine.checkpoint import SpecInfo, save_weights, write_run_config
 from emtm.errors import ConfigError
 from emtm.io import write_json
 from emtm.models.base import DataSpec
+from emtm.models.layers import SelfAttentionBlock
 from emtm.models.registry import build_model, model_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -165,6 +166,15 @@ def test_cast_runner_leaves_the_model_in_fp32() -> None:
     assert {p.dtype for p in model.parameters()} == {torch.float32}  # the benchmark's reference is untouched
     assert {p.dtype for p in runner.model.parameters()} == {torch.bfloat16}
     assert batch["video"].dtype == torch.float32
+    both = build_runner(parse_variant("bf16+cast+attn=matmul"), model, torch.device("cpu"), batch, threads=1)
+    blocks = [m for m in both.model.modules() if isinstance(m, SelfAttentionBlock)]
+    assert blocks and all(b.matmul_attention for b in blocks)  # one copy carries both changes
+    assert {p.dtype for p in both.model.parameters()} == {torch.bfloat16}
+    assert not any(m.matmul_attention for m in model.modules() if isinstance(m, SelfAttentionBlock))
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            both(both.prepare(batch))["start_logits"], out["start_logits"], rtol=0.1, atol=0.1
+        )
 
 
 def test_compare_outputs_on_real_outputs() -> None:

@@ -399,18 +399,17 @@ def build_runner(
     if variant.attn and variant.attn != "matmul":
         inner = build_runner(replace(variant, attn=None), model, device, example, threads)
         return SdpaBackendRunner(inner, variant.attn)
-    if variant.attn:
-        inner = copy.deepcopy(model)
-        for block in inner.modules():
-            if isinstance(block, SelfAttentionBlock):
-                block.matmul_attention = True
-        return build_runner(replace(variant, attn=None), inner, device, example, threads)
-    if variant.cast:
+    if variant.attn or variant.cast:  # matmul attention and/or cast: one private copy, changed in place
+        private = copy.deepcopy(model)
+        if variant.attn:
+            for block in private.modules():
+                if isinstance(block, SelfAttentionBlock):
+                    block.matmul_attention = True
+        if not variant.cast:
+            return build_runner(replace(variant, attn=None), private, device, example, threads)
         dtype = speed.PRECISIONS[variant.dtype]
-        inner = build_runner(
-            replace(variant, dtype=None, cast=False), copy.deepcopy(model).to(dtype), device, example, threads
-        )
-        return CastRunner(inner, dtype)
+        rest = replace(variant, attn=None, dtype=None, cast=False)
+        return CastRunner(build_runner(rest, private.to(dtype), device, example, threads), dtype)
     if variant.graph:
         return GraphRunner(model, variant.dtype, variant.compile, variant.combo)
     cls = CachedRunner if variant.cached else EagerRunner
