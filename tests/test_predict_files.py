@@ -12,6 +12,7 @@ import yaml
 from emtm.cli import main
 from emtm.config import load_data_config
 from emtm.data.dataset import load_splits
+from emtm.errors import EmtmError
 from helpers import train_tiny_student
 
 
@@ -213,3 +214,44 @@ def test_predict_with_reduced_precision(
     assert code == 2 and "fp16 needs a CUDA device" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "y.jsonl"), "--cast", "--device", "cpu"]) == 2
     assert "cast converts the weights to the precision" in capsys.readouterr().err
+
+
+def test_precision_agreement_scores_each_precision_against_fp32(
+    run_dir: Path, preds: Path, tiny_data: Path, tmp_path: Path, load_benchmark
+) -> None:
+    """benchmarks/precision_agreement.py: emtm predict at each precision, scored as emtm evaluate
+    scores it, each top-1 compared with the fp32 reference."""
+    script = load_benchmark("precision_agreement")
+    model = str(run_dir.parent / "model")
+    args = ["--model", model, "--data", str(tiny_data), "--variants", "fp32,bf16+cast", "--device", "cpu"]
+    assert script.main([*args, "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "precision_agreement.json").read_text())["variants"]
+    fp32, cast = result["fp32"], result["bf16+cast"]
+    assert read_lines(tmp_path / "preds_fp32.jsonl") == read_lines(preds)  # the same path as emtm predict
+    assert fp32["same_top1"] == 1.0 and fp32["delta"]["r1@0.7"] == 0.0
+    assert 0.0 <= cast["same_top1"] <= 1.0 and set(cast["metrics"]) >= {"r1@0.7", "miou"}
+    assert cast["delta"]["miou"] == pytest.approx(cast["metrics"]["miou"] - fp32["metrics"]["miou"])
+    assert "| bf16+cast |" in (tmp_path / "precision_agreement.md").read_text()
+    with pytest.raises(EmtmError, match="variant 'fp8'"):
+        script.predict_args("fp8", model, str(tiny_data), "test", tmp_path / "x.jsonl", "cpu", None)
+
+
+def test_gpu_payload_packs_a_student_and_one_split_in_fp16(
+    run_dir: Path, preds: Path, tiny_data: Path, tmp_path: Path, load_benchmark
+) -> None:
+    import numpy as np
+
+    run_out, data_out = load_benchmark("gpu_payload").pack(
+        run_dir.parent / "model", tiny_data, "test", tmp_path
+    )
+    videos = {p.stem for p in (data_out / "features").glob("*.npy")}
+    assert videos == set(json.loads((data_out / "durations.json").read_text()))
+    assert {np.load(data_out / "features" / f"{v}.npy").dtype for v in videos} == {np.dtype(np.float16)}
+    assert (
+        "word_vectors" not in (data_out / "data.yaml").read_text()
+        and (run_out / "model.safetensors").exists()
+    )
+    out = tmp_path / "p.jsonl"  # the packed folder alone predicts every query of the split
+    args = ["predict", "--model", str(run_out), "--data", str(data_out / "data.yaml"), "--split", "test"]
+    assert main([*args, "--out", str(out), "--no-progress"]) == 0
+    assert [r["qid"] for r in read_lines(out)] == [r["qid"] for r in read_lines(preds)]
