@@ -147,6 +147,23 @@ def test_char_windows_equal_the_char_convolutions() -> None:
     assert len(cnn.widths) == cnn.out_dim and not any("widths" in k for k in cnn.state_dict())
 
 
+def test_encoding_query_and_video_in_one_pass_equals_encoding_them_apart() -> None:
+    """GroundingEncoder.encode_pair (used under torch.compile) gives encode_video and encode_query's
+    results, padded videos and queries included: no position sees across the gap."""
+    torch.manual_seed(0)
+    model = build_model("student", model_config("student"), SPEC).eval()
+    batch = collate(
+        [make_item(7, 3, seed=1), make_item(25, 9, seed=2), make_item(SPEC.max_video_len, 5, seed=3)]
+    )
+    enc = model.encoder
+    inputs = (batch["video"], batch["video_mask"], batch["words"], batch["chars"], batch["query_mask"])
+    with torch.no_grad():
+        video, query = enc.encode_pair(*inputs)
+        torch.testing.assert_close(video, enc.encode_video(*inputs[:2]), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(query, enc.encode_query(*inputs[2:]), rtol=1e-5, atol=1e-5)
+    assert video.shape[1] == batch["video"].shape[1] and query.shape[1] == batch["words"].shape[1]
+
+
 @pytest.mark.parametrize("name", ["student", "seqpan"])
 def test_inference_writes_in_place_with_the_same_bits(name: str) -> None:
     """Without autograd, residual sums and padding masks are written into fresh outputs (layers.py
