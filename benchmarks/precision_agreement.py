@@ -15,7 +15,6 @@ Writes DIR/precision_agreement.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -44,13 +43,6 @@ def predict_args(
     if compile:
         args += ["--compile", compile]
     return args
-
-
-def top1(path: Path) -> dict[str, tuple[float, float]]:
-    """qid -> the first predicted window of each line of a prediction file."""
-    with path.open() as handle:
-        rows = [json.loads(line) for line in handle if line.strip()]
-    return {str(r["qid"]): tuple(r["pred_relevant_windows"][0][:2]) for r in rows}
 
 
 def compare(
@@ -94,16 +86,21 @@ def main(argv: list[str] | None = None) -> int:
     tops = {}
     for i, name in enumerate(variants):
         path = out / f"preds_{name.replace('+', '_')}.jsonl"
-        compile = args.compile if (i > 0 or name != "fp32") else None
+        compile = None if (i == 0 and name == "fp32") else args.compile  # the fp32 reference runs eager
         started = time.perf_counter()
         code = emtm_main(predict_args(name, args.model, args.data, args.split, path, args.device, compile))
         if code != 0:
             print(f"precision_agreement: emtm predict failed for {name} (exit {code})", file=sys.stderr)
             return code
         seconds = time.perf_counter() - started
-        metrics = score_predictions(read_predictions(path, args.data, args.split))
-        results[name] = {"metrics": metrics, "seconds": seconds, "compile": compile, "preds": str(path)}
-        tops[name] = top1(path)
+        preds = read_predictions(path, args.data, args.split)
+        results[name] = {
+            "metrics": score_predictions(preds),
+            "seconds": seconds,
+            "compile": compile,
+            "preds": str(path),
+        }
+        tops[name] = {s.sample_id: tuple(w[0]) for s, w in zip(preds.samples, preds.windows, strict=True)}
     columns = ["variant", *METRICS, "Δ r1@0.7", "same top-1", "predict s"]
     rows = compare(variants, results, tops)
     n_queries = len(tops[variants[0]])

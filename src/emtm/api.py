@@ -109,11 +109,7 @@ class Grounder:
         from emtm.engine.export import describe, load_model
 
         run = load_model(path, pick_device(device))
-        speed.check_precision(precision, model_device(run))
-        if cast:
-            speed.cast_model(run.model, precision)
-        if compile is not None:
-            speed.compile_model(run.model, compile)
+        speed.prepare_inference(run.model, precision, model_device(run), cast, compile)
         return cls(run, describe(run), precision, cast)
 
     def autocast(self) -> AbstractContextManager:

@@ -485,12 +485,8 @@ def predict_split(args: argparse.Namespace) -> int:
         raise EmtmError("--features/--query ground one video; leave them out with --data (a whole split)")
     device = resolve_device(args.device)
     run = load_model(args.model or args.run, device)
-    speed.check_precision(args.precision, device)
-    if args.cast:
-        speed.cast_model(run.model, args.precision)
-    if args.compile:
-        speed.compile_model(run.model, args.compile)
-    with speed.autocast("fp32" if args.cast else args.precision, device):
+    precision = speed.prepare_inference(run.model, args.precision, device, args.cast, args.compile)
+    with speed.autocast(precision, device):
         summary = predict_file(
             run, args.data, args.split, args.out, device, args.top_k, args.batch_size, not args.no_progress
         )

@@ -29,12 +29,12 @@ class SplitPredictions:
 
 
 def to_device(
-    batch: dict[str, torch.Tensor], device: torch.device, video_dtype: torch.dtype = torch.float32
+    batch: dict[str, torch.Tensor], device: torch.device, video_dtype: torch.dtype | None = None
 ) -> dict[str, torch.Tensor]:
-    """The batch on `device`, its video features in `video_dtype` (a model cast to fp16/bf16 reads
-    them so; durations and other floats keep their dtype)."""
+    """The batch on `device`; with `video_dtype`, its video features in that dtype (a model cast to
+    fp16/bf16 reads them so; durations and other floats keep their dtype)."""
     moved = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    if "video" in moved:
+    if video_dtype is not None and "video" in moved:
         moved["video"] = moved["video"].to(video_dtype)
     return moved
 

@@ -52,6 +52,19 @@ def cast_model(model: nn.Module, precision: str) -> None:
     model.to(dtype)
 
 
+def prepare_inference(
+    model: nn.Module, precision: str, device: torch.device, cast: bool = False, compile: str | None = None
+) -> str:
+    """Check the options, cast and/or compile the model in place; returns the precision every call
+    then runs under (`autocast(returned, device)`): fp32 when the weights were cast."""
+    check_precision(precision, device)
+    if cast:
+        cast_model(model, precision)
+    if compile is not None:
+        compile_model(model, compile)
+    return "fp32" if cast else precision
+
+
 def model_dtype(model: nn.Module) -> torch.dtype:
     """The dtype of the model's first floating-point weight (float32 unless it was cast): the dtype
     its video features go in."""

@@ -5,7 +5,6 @@ shared encoder -> context-query attention -> query concat -> sequence matching -
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from emtm.models.base import DataSpec, GroundingModel, ModelConfig, Predictions, spans_to_fractions
@@ -88,13 +87,8 @@ class Student(SpanModel):
         return self.head.matching.label_embeddings
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        if torch.compiler.is_compiling():  # query and video through the shared encoder in one pass
-            enc = self.encoder(batch)
-            return self.head(enc.video, enc.query, enc.video_mask, enc.query_mask)
-        video = self.encode_video(batch["video"], batch["video_mask"])
-        return self.ground_encoded(
-            video, batch["video_mask"], batch["words"], batch["chars"], batch["query_mask"]
-        )
+        enc = self.encoder(batch)  # under torch.compile: query and video in one pass (encode_pair)
+        return self.head(enc.video, enc.query, enc.video_mask, enc.query_mask)
 
     def encode_video(self, video: Tensor, video_mask: Tensor) -> Tensor:
         """The query-independent half of `forward`: (B, L, D) features -> (B, L, d) clip states.
