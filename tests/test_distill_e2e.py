@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from emtm.cli import main
@@ -24,8 +25,13 @@ def test_teacher_export_distill_evaluate(
         main(["train", "--data", data, "--model", "regress", "--out", str(teacher), *FAST, *SMALL[:2]]) == 0
     )
     cache = tmp_path / "regress.h5"
-    assert main(["teachers", "export", "--run", str(teacher), "--data", data, "--out", str(cache)]) == 0
-    assert "regression" in capsys.readouterr().out
+    export = ["teachers", "export", "--run", str(teacher), "--data", data, "--out", str(cache)]
+    if not torch.cuda.is_available():  # the teacher runs where --device says; no GPU is a clear error
+        assert main([*export, "--device", "cuda"]) == 2
+        assert "no CUDA GPU is visible" in capsys.readouterr().err
+    assert main([*export, "--device", "cpu", "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert "regression" in out and "teacher outputs" not in err
 
     run = tmp_path / "emtm"
     args = ["distill", "--data", data, "--teachers", str(cache), "--out", str(run), *FAST, *SMALL]

@@ -347,8 +347,9 @@ def cmd_teachers(args: argparse.Namespace) -> int:
         if not args.run:
             raise EmtmError("emtm teachers export needs --run: the trained teacher's run directory")
         path = export_teacher(
-            args.run, args.data, args.split, args.out, temperature=args.temperature, sigma_frac=args.sigma
-        )
+            args.run, args.data, args.split, args.out, temperature=args.temperature, sigma_frac=args.sigma,
+            device=args.device, progress=not args.no_progress,
+        )  # fmt: skip
     else:
         path = import_outputs(
             args.format, args.input, args.data, args.split, args.out, teacher_name=args.name,
@@ -610,6 +611,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sigma", type=float, default=0.05, help="Gaussian width for proposals/regression (video fraction)"
     )
+    p.add_argument(
+        "--device", choices=["cpu", "cuda", "auto"], default="auto", help="export: where the teacher runs"
+    )
+    p.add_argument("--no-progress", action="store_true", help="export: no progress bar")
     p.set_defaults(func=cmd_teachers)
 
     p = sub.add_parser(

@@ -133,7 +133,7 @@ def _run_pipeline(
     run_jobs(jobs)
     for cache, fold_runs in folds.items():
         with claim(cache, wait=True):
-            export_if_stale(fold_runs, data_yaml, "train", cache, plan.temperature)
+            export_if_stale(fold_runs, data_yaml, "train", cache, plan.temperature, device)
     print(f"[3/4] EMTM distillation from {len(caches)} teacher(s)")
     extra = {**plan.emtm_options, "n_teachers": len(caches), "temperature": plan.temperature}
     teachers = [str(cache.resolve()) for cache in caches]
@@ -178,7 +178,8 @@ class Job:
     def run(self) -> None:
         train_step(self.cfg, self.run_dir)
         if self.cache is not None:
-            export_if_stale([self.run_dir], Path(self.cfg.data), "train", self.cache, self.temperature)
+            data, device = Path(self.cfg.data), self.cfg.run.device
+            export_if_stale([self.run_dir], data, "train", self.cache, self.temperature, device)
 
 
 def run_jobs(jobs: list[Job]) -> None:
@@ -215,14 +216,17 @@ def is_newer(path: Path, *sources: Path) -> bool:
     return path.exists() and all(src.stat().st_mtime < path.stat().st_mtime for src in sources)
 
 
-def export_if_stale(runs: list[Path], data_yaml: Path, split: str, cache: Path, temperature: float) -> None:
+def export_if_stale(
+    runs: list[Path], data_yaml: Path, split: str, cache: Path, temperature: float, device: str = "cpu"
+) -> None:
     """Export the teacher cache of `runs` (one run, or the K fold runs of an out-of-fold cache) on
     `split` unless `cache` is newer than every run's weights (a teacher retrained in place is exported
-    again)."""
+    again). `device` (cpu, cuda, auto) is where the teacher runs: the pipeline's, so a GPU when it
+    trains on one."""
     if not is_newer(cache, *(run / "model.safetensors" for run in runs)):
         if len(runs) > 1:
             print(f"  {cache.name}: out-of-fold cache from {len(runs)} runs", flush=True)
-        export_teacher(runs, data_yaml, split, cache, temperature=temperature)
+        export_teacher(runs, data_yaml, split, cache, temperature=temperature, device=device)
 
 
 def kau_table(run_dir: Path, device: str | torch.device = "cpu") -> dict[str, Any] | None:
