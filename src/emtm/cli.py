@@ -6,10 +6,13 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emtm import __version__
 from emtm.errors import EmtmError
+
+if TYPE_CHECKING:
+    from emtm.config import TrainConfig
 
 METRIC_KEYS = ("r1@0.3", "r1@0.5", "r1@0.7", "r5@0.3", "r5@0.5", "r5@0.7", "miou")
 
@@ -130,7 +133,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def train_config_from_args(args: argparse.Namespace):
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     from emtm.config import TrainConfig, apply_overrides, read_mapping, validate
 
     raw: dict[str, Any] = read_mapping(Path(args.config)) if args.config else {}
@@ -171,7 +174,7 @@ def parse_fold(text: str) -> tuple[int, int]:
     return int(index), int(k)
 
 
-def run_config(args: argparse.Namespace):
+def run_config(args: argparse.Namespace) -> TrainConfig:
     """The config of a new run (from the options), or of the run being resumed (from its config.json)."""
     from emtm.config import TrainConfig, validate
     from emtm.engine.train import load_json

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emtm.errors import ConfigError
+
+if TYPE_CHECKING:
+    from emtm.bench.runner import BenchSettings
 
 MODELS_HELP = "comma list: student, seqpan, eamat, tan2d, proposals, regress, meanpool, prior (default: all)"
 TABLE_COLUMNS = [
@@ -72,7 +75,7 @@ def _split(text: str | None) -> list[str]:
     return [part.strip() for part in (text or "").split(",") if part.strip()]
 
 
-def settings_from_args(args: argparse.Namespace):
+def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     from emtm.bench.runner import DEFAULT_MODELS, BenchSettings
 
     for name in ("runs", "throughput_reps", "words", "video_dim", "check_queries"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,12 @@ def measure_gpu_ceilings(device: torch.device) -> dict[str, float]:
     return {"bf16_matmul_flops": 2 * n**3 / matmul_s, "copy_bandwidth": 2 * copy_bytes / copy_s}
 
 
-def _mean_seconds(op, device: torch.device, shape: tuple[int, ...], dtype: torch.dtype) -> float:
+def _mean_seconds(
+    op: Callable[[torch.Tensor, torch.Tensor], object],
+    device: torch.device,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+) -> float:
     """Mean seconds of op(a, b) on two random tensors of `shape`, over 10 calls after 3 warm-ups."""
     from emtm.bench.device import time_calls
 

@@ -222,7 +222,9 @@ def measure_memory(cand: Candidate, batches: Batches, device: torch.device) -> N
         cand.memory[key] = peak_memory_mb(lambda p=prepared: cand.runner(p), model_bytes + inputs, device)
 
 
-def reference_outputs(subject: Subject, batches: Batches, n_batches: int, one_video: bool, device) -> list:
+def reference_outputs(
+    subject: Subject, batches: Batches, n_batches: int, one_video: bool, device: torch.device
+) -> list:
     eager = EagerRunner(subject.model, device)
     outs = []
     for i in range(n_batches):

@@ -222,34 +222,37 @@ def show_query(
     """Draw one query of `split` (see `TeacherView` for the caches)."""
     view = TeacherView(load_run(run_dir, device=device), data_yaml, split, teachers)
     q = view.explain(view.index_of(sample_id))
-    return plot(Path(out), q.sample, q.teachers, q.teacher_dists, q.weights, q.ensemble, q.student, q.window)
+    return plot(Path(out), q)
 
 
-def plot(out, sample, names, teacher_dists, weights, ens, student, window) -> Path:
+def plot(out: Path, q: QueryView) -> Path:
+    """The figure of one query: a panel per teacher (with its KAU weights), the ensemble, the student."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = teacher_dists.shape[-1]
+    sample, n = q.sample, q.teacher_dists.shape[-1]
     starts = np.arange(n) / n * sample.duration  # start boundaries of the clips
     ends = (np.arange(n) + 1) / n * sample.duration  # end boundaries
-    rows = len(names) + 2
+    rows = len(q.teachers) + 2
     fig, axes = plt.subplots(rows, 1, figsize=(9, 1.5 * rows + 0.8), sharex=True)
     fig.suptitle(f"{sample.sample_id}: “{sample.sentence}”", fontsize=10)
 
-    def panel(ax, title, start, end):
+    def panel(ax: Any, title: str, start: np.ndarray, end: np.ndarray) -> None:
         ax.axvspan(sample.start, sample.end, color="0.85", label="ground truth")
         ax.plot(starts, start, color="tab:green", label="start")
         ax.plot(ends, end, color="tab:red", linestyle="--", label="end")
         ax.set_ylabel(title, rotation=0, ha="right", va="center", fontsize=8)
         ax.set_yticks([])
 
-    for k, name in enumerate(names):
-        panel(axes[k], f"{name}\nw_s={weights[k, 0]:.2f} w_e={weights[k, 1]:.2f}", *teacher_dists[k])
-    panel(axes[-2], "KAU ensemble", *ens)
-    panel(axes[-1], "student", *student)
-    axes[-1].axvspan(window[0], window[1], ymin=0.0, ymax=0.12, color="tab:blue", label="student prediction")
+    for k, name in enumerate(q.teachers):
+        panel(axes[k], f"{name}\nw_s={q.weights[k, 0]:.2f} w_e={q.weights[k, 1]:.2f}", *q.teacher_dists[k])
+    panel(axes[-2], "KAU ensemble", *q.ensemble)
+    panel(axes[-1], "student", *q.student)
+    axes[-1].axvspan(
+        q.window[0], q.window[1], ymin=0.0, ymax=0.12, color="tab:blue", label="student prediction"
+    )
     axes[0].legend(fontsize=7, loc="upper right", ncol=3)
     axes[-1].legend(fontsize=7, loc="upper right", ncol=4)
     axes[-1].set_xlabel("time (s)")

@@ -24,7 +24,7 @@ from emtm.bench.flops import count_parameters, flops_per_query
 from emtm.config import TrainConfig, validate
 from emtm.data.dataset import split_dataset
 from emtm.distill.model import EMTMConfig
-from emtm.engine.checkpoint import load_run
+from emtm.engine.checkpoint import LoadedRun, load_run
 from emtm.engine.evaluate import evaluate
 from emtm.engine.pipeline import finished, train_step
 from emtm.engine.train import resolve_device
@@ -220,7 +220,7 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
 
-def count_student_params(run) -> int:
+def count_student_params(run: LoadedRun) -> int:
     if hasattr(run.model, "student_state_dict"):
         weights = run.model.student_state_dict()
         frozen = {"encoder.words.vectors"}

@@ -5,12 +5,17 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emtm.io import atomic_open, atomic_path, write_json
 
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
-def open_tensorboard(run_dir: Path):
+    from emtm.models.base import GroundingModel
+
+
+def open_tensorboard(run_dir: Path) -> SummaryWriter | None:
     """A TensorBoard writer in run_dir/tensorboard when the tensorboard package is installed."""
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -19,7 +24,9 @@ def open_tensorboard(run_dir: Path):
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
-def write_metrics(run_dir: Path, history: list[dict[str, Any]], best: dict[str, Any] | None, model) -> None:
+def write_metrics(
+    run_dir: Path, history: list[dict[str, Any]], best: dict[str, Any] | None, model: GroundingModel
+) -> None:
     write_json(run_dir / "metrics.json", {"best": best, "history": history, "n_trainable": model.n_trainable})
     keys = sorted({k for row in history for k in row}, key=lambda k: (k != "epoch", k))
     buffer = io.StringIO()

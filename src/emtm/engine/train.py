@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from emtm.bench.device import num_threads
@@ -82,7 +82,7 @@ def param_groups(model: GroundingModel, weight_decay: float) -> list[dict[str, A
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def warmup_linear(total_steps: int, warmup_steps: int):
+def warmup_linear(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if warmup_steps and step < warmup_steps:
             return (step + 1) / warmup_steps
@@ -477,7 +477,9 @@ class Trainer:
         )
 
 
-def with_teachers(cfg: TrainConfig, train_set: GroundingDataset):
+def with_teachers(
+    cfg: TrainConfig, train_set: GroundingDataset
+) -> tuple[Dataset, Callable[[list[dict]], dict[str, torch.Tensor]]]:
     """Wrap the training set so each batch carries the cached teachers' distributions."""
     from emtm.distill.cache import TeacherCache, check_compatible
     from emtm.distill.data import TeacherDataset, collate_with_teachers

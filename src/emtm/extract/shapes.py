@@ -98,7 +98,9 @@ def _container(path: Path) -> str:
     return {".mp4": "mp4", ".avi": "avi", ".mkv": "matroska", ".mov": "mov"}.get(suffix, "mp4")
 
 
-def random_events(rng: np.random.Generator, duration: float, min_len: float = 2.0, max_len: float = 5.0):
+def random_events(
+    rng: np.random.Generator, duration: float, min_len: float = 2.0, max_len: float = 5.0
+) -> list[ShapeEvent]:
     """One event of each of EVENTS, at random times (they may overlap) and in distinct corners."""
     corners = rng.permutation([(0.28, 0.28), (0.72, 0.28), (0.28, 0.72), (0.72, 0.72)])
     events = []

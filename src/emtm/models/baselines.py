@@ -40,7 +40,9 @@ class Prior(GroundingModel):
     def loss(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         return outputs["window"].sum() * 0.0, {}
 
-    def predict(self, outputs: dict[str, Tensor], batch: dict[str, Tensor], top_k: int = 5, **_: object):
+    def predict(
+        self, outputs: dict[str, Tensor], batch: dict[str, Tensor], top_k: int = 5, **_: object
+    ) -> Predictions:
         window = outputs["window"].unsqueeze(1)
         return Predictions(window, torch.ones(window.shape[:2], device=window.device))
 
@@ -92,6 +94,8 @@ class MeanPoolRegressor(GroundingModel):
     def loss(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         return window_regression_loss(outputs["window"], batch)
 
-    def predict(self, outputs: dict[str, Tensor], batch: dict[str, Tensor], top_k: int = 5, **_: object):
+    def predict(
+        self, outputs: dict[str, Tensor], batch: dict[str, Tensor], top_k: int = 5, **_: object
+    ) -> Predictions:
         window = outputs["window"].float().unsqueeze(1)
         return Predictions(window, torch.ones(window.shape[:2], device=window.device))

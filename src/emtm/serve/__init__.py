@@ -5,12 +5,19 @@
 See docs/SERVE.md.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from emtm.serve.limits import Limits
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 __all__ = ["Limits", "create_app"]
 
 
-def create_app(*args, **kwargs):  # noqa: ANN002, ANN003 - the real signature is emtm.serve.app.create_app
+def create_app(*args, **kwargs) -> FastAPI:  # noqa: ANN002, ANN003 - the real signature is emtm.serve.app.create_app
     """Build the FastAPI app (imports FastAPI lazily); see `emtm.serve.app.create_app`."""
     from emtm.serve.app import create_app as build
 
