@@ -1,4 +1,4 @@
-"""Full-size EMTM benchmark behind docs/RESULTS.md: teachers, student alone, EMTM, the ablation table and
+r"""Full-size EMTM benchmark behind docs/RESULTS.md: teachers, student alone, EMTM, the ablation table and
 the teacher-gap analysis the method issue asks for.
 
     python benchmarks/distill.py --out runs/bench/distill              # built-in benchmark (preset hard)

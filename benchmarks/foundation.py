@@ -1,4 +1,4 @@
-"""Full-size comparison behind the README's numbers: prior vs mean-pool regressor vs EMTM student.
+r"""Full-size comparison behind the README's numbers: prior vs mean-pool regressor vs EMTM student.
 
     python benchmarks/foundation.py --preset default --out runs/bench/default            # built-in benchmark
     python benchmarks/foundation.py --charades ../shared/data/annotations/charades_sta \

@@ -1,4 +1,4 @@
-"""The teacher gap over seeds: the best teacher at several seeds against the student alone and EMTM.
+r"""The teacher gap over seeds: the best teacher at several seeds against the student alone and EMTM.
 
     python benchmarks/gap_seeds.py --teacher T0.json T1.json T2.json \
         --ablation runs/bench/distill-hard/ablation/ablation_summary.json \

@@ -1,4 +1,4 @@
-"""Pack what a lent GPU machine needs for gpu_session.sh's accuracy step into .gpu/ (git-ignored;
+r"""Pack what a lent GPU machine needs for gpu_session.sh's accuracy step into .gpu/ (git-ignored;
 carried with the call): a trained student folder and one split of its data, features in fp16.
 
     python benchmarks/gpu_payload.py --model runs/bench/distill-hard-t20s1/emtm/student \

@@ -1,4 +1,4 @@
-"""Long videos: sliding windows against mean-pooling (docs/API.md, "Long videos").
+r"""Long videos: sliding windows against mean-pooling (docs/API.md, "Long videos").
 
 Each of the first --videos test videos of a synthetic benchmark (1 clip per second) is placed last
 after randomly drawn other test videos (seeded) to make a video of about --length clips; its queries

@@ -1,4 +1,4 @@
-"""A trained model's accuracy on a real split at each inference precision: does the fast path cost
+r"""A trained model's accuracy on a real split at each inference precision: does the fast path cost
 any R1?
 
     python benchmarks/precision_agreement.py --model runs/emtm/student --data D.yaml --split test \
