@@ -1,6 +1,6 @@
 r"""Accuracy against FLOPs per query (the paper's Figure 1(b)): R1@0.7 vs GFLOPs, log x, one point per model.
 
-    python benchmarks/plot_accuracy_flops.py --bench runs/bench/speed/bench.json \\
+    python benchmarks/plot_accuracy_flops.py --bench runs/bench/speed/bench.json \
         --results runs/recipe/report.json --results runs/ablation/ablation_summary.json --out fig.png
     python benchmarks/plot_accuracy_flops.py --results points.json --out fig.png
 
