@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,7 +69,7 @@ def test_summary_against_the_oracle(run_and_caches: tuple[Path, list[str]]) -> N
     assert loss["oracle pick"] < loss["plain mean"] <= (right["hard_loss"] + wrong["hard_loss"]) / 2
     assert loss["oracle pick"] <= loss["KAU weights"]
     # the per-query weights are the KAU's own: one query alone gives what the padded batch gave
-    _, batched = view.weigh(next(iter(view.batches(7))))
+    _, batched, _ = view.weigh(next(iter(view.batches(7))))
     assert view.explain(0).weights == pytest.approx(batched[0].numpy(), abs=1e-5)
 
 
@@ -83,3 +84,35 @@ def test_show_without_a_sample_prints_and_writes_the_table(
     written = json.loads(out.read_text())
     assert written["split"] == "val" and [t["teacher"] for t in written["teachers"]] == ["right", "wrong"]
     assert 0 < written["n_queries"] < len(TeacherView(load_run(run), split="train"))
+
+
+def test_the_live_isomorphic_teacher_is_in_the_table_and_the_figure(
+    run_and_caches: tuple[Path, list[str]], tiny_data: Path, tmp_path: Path
+) -> None:
+    """With iso_in_kau the KAU also weighs the isomorphic teacher's live outputs: the table and the figure
+    show it as one more teacher, its distributions computed from the run, not dropped."""
+    _, caches = run_and_caches
+    cfg = TrainConfig(
+        data=str(tiny_data),
+        model="emtm",
+        model_options={"d": 32, "n_heads": 4, "n_teachers": 1, "iso_in_kau": True},
+        optim={"epochs": 1, "batch_size": 16},
+        run={"progress": False, "device": "cpu"},
+        teachers=caches[:1],
+    )
+    train(cfg, tmp_path / "iso")
+    view = TeacherView(load_run(tmp_path / "iso"), split="train")
+    summary = view.summary(batch_size=7)
+    assert [t["teacher"] for t in summary["teachers"]] == ["right", "isomorphic (live)"]
+    for key in ("weight_start", "weight_end"):
+        assert sum(t[key] for t in summary["teachers"]) == pytest.approx(1.0, abs=1e-5)
+    live = summary["teachers"][1]
+    assert live["hard_loss"] > summary["teachers"][0]["hard_loss"]  # 1 epoch: worse than the ground truth
+    q = view.explain(0)
+    assert q.teacher_dists.shape[0] == 2 and q.weights.sum(0) == pytest.approx([1.0, 1.0], abs=1e-5)
+    assert q.teacher_dists[1].sum(-1) == pytest.approx([1.0, 1.0], abs=1e-4)
+    assert not np.allclose(q.teacher_dists[0], q.teacher_dists[1])
+    figure = tmp_path / "q.png"
+    assert main(["show", "--run", str(tmp_path / "iso"), "--sample-id", q.sample.sample_id,
+                 "--out", str(figure)]) == 0  # fmt: skip
+    assert figure.read_bytes()[:4] == b"\x89PNG"

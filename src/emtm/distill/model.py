@@ -18,7 +18,7 @@ from emtm.distill.kau import KnowledgeAggregation, ensemble
 from emtm.distill.losses import ensemble_hard_loss, kd_loss
 from emtm.distill.unify import span_to_dist
 from emtm.models.base import DataSpec
-from emtm.models.encoder import GroundingEncoder
+from emtm.models.encoder import Encoded, GroundingEncoder
 from emtm.models.losses import boundary_loss, matching_loss
 from emtm.models.registry import register
 from emtm.models.seqpan import DualAttentionBlock
@@ -70,12 +70,7 @@ class EMTM(SpanModel):
         if not self.training:  # inference: the student path only
             return outputs
         if self.config.isomorphic:
-            video, query = enc.video, enc.query
-            for block in self.dual:
-                video, query = block(video, query, enc.video_mask, enc.query_mask)
-            iso = self.iso_head(video, query, enc.video_mask, enc.query_mask)
-            outputs.update({f"iso_{k}": v for k, v in iso.items()})
-            outputs["iso_video"] = video
+            outputs.update(self.isomorphic(enc))
         outputs["student_video"] = enc.video
         teacher_dists = self.teacher_distributions(outputs, batch)
         if teacher_dists is not None:
@@ -87,6 +82,15 @@ class EMTM(SpanModel):
             outputs["kau_weights"] = weights
             outputs["ens_start"], outputs["ens_end"] = ensemble(teacher_dists, weights, enc.video_mask)
         return outputs
+
+    def isomorphic(self, enc: Encoded) -> dict[str, Tensor]:
+        """The isomorphic teacher on the shared encoder's states: its head's outputs (prefixed iso_) and
+        its clip states (iso_video)."""
+        video, query = enc.video, enc.query
+        for block in self.dual:
+            video, query = block(video, query, enc.video_mask, enc.query_mask)
+        iso = self.iso_head(video, query, enc.video_mask, enc.query_mask)
+        return {**{f"iso_{k}": v for k, v in iso.items()}, "iso_video": video}
 
     def teacher_distributions(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor | None:
         """(B, K, 2, L): cached teachers, plus the live isomorphic teacher when asked."""

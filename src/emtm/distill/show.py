@@ -95,22 +95,24 @@ class TeacherView:
         return index
 
     @torch.no_grad()
-    def weigh(self, batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
-        """The student's outputs and the KAU's (B, K, 2) weights over the cached teachers for a batch of
-        collate_with_teachers on self.device: per-clip weights are averaged over each query's valid clips,
-        and a live isomorphic teacher's share (iso_in_kau) is left out, the rest renormalised to sum to 1."""
-        k = batch["teacher_dists"].shape[1]
+    def weigh(self, batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """For a batch of collate_with_teachers on self.device: the student's outputs, the KAU's (B, K, 2)
+        weights (per-clip weights averaged over each query's valid clips) and the (B, K, 2, L) teacher
+        distributions it weighs: the cached teachers', then the live isomorphic teacher's when the run
+        has it in the KAU (iso_in_kau), computed here in eval mode."""
         model = self.run.model.eval()
         enc = model.encoder(batch)
         student = model.head(enc.video, enc.query, enc.video_mask, enc.query_mask)
+        iso = model.isomorphic(enc) if model.config.iso_in_kau and model.config.isomorphic else {}
+        dists = model.teacher_distributions(iso, batch)
         if not hasattr(model, "kau"):
-            return student, torch.full((len(enc.video), k, 2), 1.0 / k, device=enc.video.device)
+            k = dists.shape[1]
+            return student, torch.full((len(enc.video), k, 2), 1.0 / k, device=enc.video.device), dists
         weights = model.kau(enc.video, enc.query, enc.video_mask, enc.query_mask)
-        if weights.dim() == 4:  # (B, L, K', 2) per clip
+        if weights.dim() == 4:  # (B, L, K, 2) per clip
             keep = enc.video_mask[:, :, None, None].to(weights.dtype)
             weights = (weights * keep).sum(1) / keep.sum(1)
-        weights = weights[:, :k]
-        return student, weights / weights.sum(1, keepdim=True)
+        return student, weights, dists
 
     def batches(self, batch_size: int = 64) -> DataLoader:
         """The split's queries in order, batched and padded as for distillation."""
@@ -121,8 +123,8 @@ class TeacherView:
         """The teachers' distributions, the KAU weights, the ensemble and the student for query `index`."""
         batch = collate_with_teachers([self.dataset[index]], self.run.spec.max_word_chars)
         batch = to_device(batch, self.device)
-        out_student, weights = self.weigh(batch)
-        teacher_dists, mask = batch["teacher_dists"], batch["video_mask"]
+        out_student, weights, teacher_dists = self.weigh(batch)
+        mask = batch["video_mask"]
         ens_start, ens_end = ensemble(teacher_dists, weights, mask)
         student_start = masked_softmax(out_student["start_logits"], mask)[0]
         student_end = masked_softmax(out_student["end_logits"], mask)[0]
@@ -144,7 +146,10 @@ class TeacherView:
 
     @property
     def names(self) -> list[str]:
-        return [c.meta.teacher for c in self.caches]
+        """The teachers the KAU weighs, in its order: the caches', then the live isomorphic teacher's."""
+        config = self.run.model.config
+        live = ["isomorphic (live)"] if config.iso_in_kau and config.isomorphic else []
+        return [c.meta.teacher for c in self.caches] + live
 
     @torch.no_grad()
     def summary(self, batch_size: int = 64) -> dict[str, Any]:
@@ -158,8 +163,8 @@ class TeacherView:
         weights, losses, ens = [], [], {"KAU weights": [], "plain mean": []}
         for batch in self.batches(batch_size):
             batch = to_device(batch, self.device)
-            dists, mask = batch["teacher_dists"], batch["video_mask"]
-            _, w = self.weigh(batch)
+            _, w, dists = self.weigh(batch)
+            mask = batch["video_mask"]
             k = dists.shape[1]
             per_teacher = [
                 torch.stack(
