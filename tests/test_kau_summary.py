@@ -37,16 +37,21 @@ def run_and_caches(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) ->
                            out / f"{name}.h5", teacher_name=name))
         for name, records in (("right", right), ("wrong", wrong))
     ]  # fmt: skip
+    return distill(tiny_data, caches, out / "emtm"), caches
+
+
+def distill(data: Path, caches: list[str], out: Path, **options: object) -> Path:
+    """A 1-epoch EMTM run at d = 32 from `caches`, with extra model options."""
     cfg = TrainConfig(
-        data=str(tiny_data),
+        data=str(data),
         model="emtm",
-        model_options={"d": 32, "n_heads": 4, "n_teachers": 2},
+        model_options={"d": 32, "n_heads": 4, "n_teachers": len(caches), **options},
         optim={"epochs": 1, "batch_size": 16},
         run={"progress": False, "device": "cpu"},
         teachers=caches,
     )
-    train(cfg, out / "emtm")
-    return out / "emtm", caches
+    train(cfg, out)
+    return out
 
 
 def test_summary_against_the_oracle(run_and_caches: tuple[Path, list[str]]) -> None:
@@ -92,16 +97,8 @@ def test_the_live_isomorphic_teacher_is_in_the_table_and_the_figure(
     """With iso_in_kau the KAU also weighs the isomorphic teacher's live outputs: the table and the figure
     show it as one more teacher, its distributions computed from the run, not dropped."""
     _, caches = run_and_caches
-    cfg = TrainConfig(
-        data=str(tiny_data),
-        model="emtm",
-        model_options={"d": 32, "n_heads": 4, "n_teachers": 1, "iso_in_kau": True},
-        optim={"epochs": 1, "batch_size": 16},
-        run={"progress": False, "device": "cpu"},
-        teachers=caches[:1],
-    )
-    train(cfg, tmp_path / "iso")
-    view = TeacherView(load_run(tmp_path / "iso"), split="train")
+    run = distill(tiny_data, caches[:1], tmp_path / "iso", iso_in_kau=True)
+    view = TeacherView(load_run(run), split="train")
     summary = view.summary(batch_size=7)
     assert [t["teacher"] for t in summary["teachers"]] == ["right", "isomorphic (live)"]
     for key in ("weight_start", "weight_end"):
@@ -113,6 +110,5 @@ def test_the_live_isomorphic_teacher_is_in_the_table_and_the_figure(
     assert q.teacher_dists[1].sum(-1) == pytest.approx([1.0, 1.0], abs=1e-4)
     assert not np.allclose(q.teacher_dists[0], q.teacher_dists[1])
     figure = tmp_path / "q.png"
-    assert main(["show", "--run", str(tmp_path / "iso"), "--sample-id", q.sample.sample_id,
-                 "--out", str(figure)]) == 0  # fmt: skip
+    assert main(["show", "--run", str(run), "--sample-id", q.sample.sample_id, "--out", str(figure)]) == 0
     assert figure.read_bytes()[:4] == b"\x89PNG"
