@@ -522,6 +522,55 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- data
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from emtm.data.stats import SHOWN, features_stats, load_reference
+    from emtm.io import write_json
+
+    stats = features_stats(args.features, args.max_videos)
+    label, reference = load_reference(args.reference)
+
+    def cell(stats: dict[str, Any], key: str) -> str:
+        value = stats.get(key)
+        return "-" if value is None else f"{value:.4f}"
+
+    print_table(
+        f"{args.features}: {stats['videos']} video(s), {stats['rows']} clips of {stats['dim']} values",
+        ["statistic", "these features", f"reference: {label}"],
+        [[name, cell(stats, key), cell(reference, key)] for key, name in SHOWN.items()],
+    )
+    if args.json:
+        write_json(
+            Path(args.json),
+            {
+                "features": str(args.features),
+                "stats": stats,
+                "reference": {"name": label, "stats": reference},
+            },
+        )
+        print(f"wrote {args.json}")
+    return 0
+
+
+def add_data_parser(sub: Any) -> None:
+    p = sub.add_parser("data", help="look at a feature store: emtm data stats")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = actions.add_parser(
+        "stats",
+        help="mean, std, share of zeros and negatives, row L2, adjacent and random-pair cosine of a feature "
+        "store, beside a reference (definitions: emtm.data.stats)",
+    )
+    q.add_argument("--features", required=True, help="a folder of {vid}.npy, an .h5/.hdf5 file, or one .npy")
+    q.add_argument(
+        "--reference",
+        help="a file name of ../shared/data/real-features/stats.json (default: its I3D rgb fixture, or a "
+        "built-in copy of its numbers without that folder), a stats .json (e.g. from --json), or features",
+    )
+    q.add_argument("--max-videos", type=int, help="only the first N videos (sorted ids); default all")
+    q.add_argument("--json", help="write both sets of statistics here")
+    q.set_defaults(func=cmd_data_stats)
+
+
 # ---------------------------------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
     from emtm.demo import run_demo
@@ -793,6 +842,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="small", help="synthetic benchmark preset (see emtm synth --help)")
     p.add_argument("--epochs", type=int, default=None, help="epochs for each model (default: the demo's)")
     p.set_defaults(func=cmd_demo)
+
+    add_data_parser(sub)
 
     from emtm.bench.cli import add_parser as add_bench_parser
 
