@@ -111,7 +111,8 @@ def data_yaml(args: argparse.Namespace, out: Path) -> Path:
     if existing.exists():
         written = read_mapping(existing).get("synth", {})
         wanted = asdict(cfg) if cfg else {}
-        differ = sorted(k for k in wanted if written.get(k) != wanted[k])
+        default = asdict(synth.SynthConfig())  # a knob added later is absent from older data.yaml files
+        differ = sorted(k for k in wanted if written.get(k, default[k]) != wanted[k])
         if differ:
             raise SystemExit(
                 f"{existing} was written with other synth knobs ({', '.join(differ)}): use another --out, "

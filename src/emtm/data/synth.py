@@ -23,6 +23,14 @@ Clip features (T, D) are a sum of:
   each event perturbs its prototypes a little (no two "open the door" look identical);
 - Gaussian noise; then the whole video is scaled by a random gain (norms are no shortcut).
 
+That is the default `feature_style="gaussian"`: signed, zero-mean values whose clips are nearly
+orthogonal (cosine ~0.05). Real clip features are not like that: I3D's are non-negative (post-ReLU
+averages), a few values exactly 0, and every clip shares a large positive mean profile (any two clips
+at cosine ~0.6-0.9; ../shared/data/real-features/stats.json). `feature_style="i3d"` (presets
+`small-hard-i3d`, `hard-i3d`, or `--set feature_style=i3d`) renders the same videos with the same draws
+and maps each value through `to_i3d_style`, which matches those statistics within the tolerances of
+tests/test_synth_i3d.py (`emtm data stats --features F` prints them beside the real I3D rgb ones).
+
 Actions are ordered pairs of phase prototypes. Reverse actions (open/close, pick up/put down,
 turn on/turn off, walk to/walk away from ...) use the same two phases in the opposite order, so
 telling them apart needs temporal context: a pooled feature cannot. Prototypes are random unit
@@ -55,6 +63,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from itertools import islice
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import yaml
@@ -67,7 +76,9 @@ from emtm.errors import ConfigError, DataError
 from emtm.io import atomic_open
 
 PathLike = str | os.PathLike[str]
+C = TypeVar("C")
 FEATURE_FORMATS = ("npy", "h5")
+FEATURE_STYLES = ("gaussian", "i3d")
 MAX_VIDEO_LEN = {"charades_sta": 64, "activitynet": 100, "tacos": 256, "jsonl": 128}
 _CHUNK = 256  # videos per write_npy_dir call: memory stays small
 
@@ -334,8 +345,21 @@ class SynthConfig:
     pair_strength: float = 0.3  # norm of the (action, object)-specific vector
     prototype_similarity: float = 0.2  # cosine between any two phase (or object) prototypes
     gain_sigma: float = 0.3  # per-video gain ~ lognormal(0, sigma)
+    # How the features look. "gaussian": the sum above, zero-mean, signed, row L2 ~8 at D = 256 (every
+    # number before this knob). "i3d": the same videos (same draws) mapped per value to look like real
+    # I3D rgb features (`to_i3d_style`): non-negative, ~2% exact zeros, a strong shared positive mean
+    # profile (cosine between any two clips ~0.82), row L2 ~i3d_row_norm times the per-video gain.
+    feature_style: str = "gaussian"
+    i3d_row_norm: float = 9.5  # mean row L2 before the gain (real I3D rgb fixtures: 8.4 to 13.1)
+    i3d_variation: float = 0.5  # relative size of the content part next to the mean profile
 
     def __post_init__(self) -> None:
+        if self.feature_style not in FEATURE_STYLES:
+            raise ConfigError(
+                f"synth.feature_style must be one of {', '.join(FEATURE_STYLES)}, got {self.feature_style!r}"
+            )
+        if self.i3d_row_norm <= 0 or self.i3d_variation <= 0:
+            raise ConfigError("synth: i3d_row_norm and i3d_variation must be > 0")
         if not 2 <= self.n_actions <= len(ACTIONS):
             raise ConfigError(f"synth.n_actions must be in [2, {len(ACTIONS)}], got {self.n_actions}")
         if not 2 <= self.n_objects <= len(OBJECTS):
@@ -368,12 +392,16 @@ PRESETS: dict[str, SynthConfig] = {
     # shared-object distractors are the reverse action (docs/RESULTS.md).
     "small-hard": SynthConfig(**_SMALL, **_HARD),
     "hard": SynthConfig(**_HARD),
+    # The same two with features that look like real I3D rgb (non-negative, sparse, shared mean profile).
+    "small-hard-i3d": SynthConfig(**_SMALL, **_HARD, feature_style="i3d"),
+    "hard-i3d": SynthConfig(**_HARD, feature_style="i3d"),
 }
 
 
-def with_overrides(cfg: SynthConfig, overrides: dict[str, object], flag: str = "--set") -> SynthConfig:
-    """`cfg` with some knobs changed ({"noise_std": 0.25}); unknown knobs and wrong types are refused."""
-    knobs = {f.name: type(getattr(cfg, f.name)) for f in fields(SynthConfig)}
+def with_overrides(cfg: C, overrides: dict[str, object], flag: str = "--set") -> C:
+    """`cfg` (a SynthConfig or PixelConfig) with some knobs changed ({"noise_std": 0.25}); unknown knobs
+    and wrong types are refused."""
+    knobs = {f.name: type(getattr(cfg, f.name)) for f in fields(cfg)}
     changed = {}
     for key, value in overrides.items():
         if key not in knobs:
@@ -726,8 +754,33 @@ def render(
         )
         x += weight[:, None] * ((1 - to_b) * a + to_b * b + steady)
     x += rng.standard_normal((n_frames, dim)) * cfg.noise_std
-    x *= rng.lognormal(0.0, cfg.gain_sigma)
+    gain = rng.lognormal(0.0, cfg.gain_sigma)
+    if cfg.feature_style == "i3d":
+        return to_i3d_style(cfg, x, gain)
+    x *= gain
     return x.astype(np.float32)
+
+
+def i3d_mean_profile(cfg: SynthConfig) -> np.ndarray:
+    """The fixed positive mean of every i3d-style feature: (D,) exponential values (real I3D rgb
+    features: element std about the element mean), seeded by the config's seed only."""
+    return _rng(cfg.seed, 1 << 42).exponential(1.0, cfg.feature_dim)
+
+
+def to_i3d_style(cfg: SynthConfig, x: np.ndarray, gain: float) -> np.ndarray:
+    """Real-looking features from the gaussian ones `x` (before the gain), value by value:
+
+        gain * s * relu(m * (1 + i3d_variation * x / rms))
+
+    m = `i3d_mean_profile` (shared by every clip of every video), rms = the expected per-value rms of
+    `x` (noise, drift, scene and one event), s so that the mean row L2 is `i3d_row_norm` at gain 1.
+    Monotone and invertible wherever the value is not clipped (~2%), so the content of `x` is kept."""
+    m = i3d_mean_profile(cfg)
+    rms = np.sqrt(cfg.noise_std**2 + cfg.drift_std**2 + (cfg.scene_norm**2 + 1.0) / cfg.feature_dim)
+    c = cfg.i3d_variation
+    scale = cfg.i3d_row_norm / np.sqrt(float(np.sum(m**2)) * (1 + c**2))
+    y = np.maximum(m * (1.0 + c * x / rms), 0.0)
+    return (y * (gain * scale)).astype(np.float32)
 
 
 def _perturb(v: np.ndarray, std: float, rng: np.random.Generator) -> np.ndarray:
