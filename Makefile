@@ -4,9 +4,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv debs clean
+# Debian packages the tests use: Fashion-MNIST photographs (the real-pixel benchmark) and chromium
+# (the web demo's browser test); installed when missing and apt-get can run (root), else say how
+DEBS := dataset-fashion-mnist chromium
 
 venv: $(STAMP)
+
+debs:
+	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
+		else echo "missing Debian packages: $$missing (sudo apt-get install $$missing); their tests will skip or fail"; fi; \
+	fi
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,7 +28,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/python -m emtm demo
 
-test: $(STAMP)
+test: $(STAMP) debs
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -59,15 +59,50 @@ def cmd_synth(args: argparse.Namespace) -> int:
             feature_format=args.feature_format,
         )
     else:
-        if args.preset not in synth.PRESETS:
-            raise EmtmError(f"unknown preset {args.preset!r}; choose one of {', '.join(synth.PRESETS)}")
+        from emtm.extract.pixel_benchmark import generate_preset
+
         overrides = apply_overrides({"seed": args.seed}, args.set, "--set", "noise_std=0.25")
         if args.feature_dim:
             overrides["feature_dim"] = args.feature_dim
-        cfg = synth.with_overrides(synth.PRESETS[args.preset], overrides)
-        yaml_path = synth.generate(cfg, args.out, feature_format=args.feature_format)
+        yaml_path = generate_preset(
+            args.preset,
+            args.out,
+            overrides,
+            feature_format=args.feature_format,
+            images=args.images,
+            cache=args.cache,
+            device=args.device,
+            threads=args.threads,
+        )
     summarize_dataset(yaml_path)
+    print_prior(yaml_path)
     return 0
+
+
+def print_prior(yaml_path: Path) -> None:
+    """The moment prior's test metrics (and, on the pixel benchmark, the share of each query kind)."""
+    from emtm.config import load_data_config
+    from emtm.data.dataset import load_splits
+    from emtm.engine.metrics import prior_metrics
+
+    cfg = load_data_config(yaml_path)
+    splits = load_splits(cfg, seed=0, names=tuple(cfg.splits))
+    if "train" in splits and "test" in splits:
+        metrics = prior_metrics(splits["train"].samples, splits["test"].samples)
+        print_table(
+            f"prior baseline (mean training moment) on the test split, {metrics['n_queries']} queries",
+            ["model", "r1@0.3", "r1@0.5", "r1@0.7", "miou"],
+            [["prior", *(metrics[k] for k in ("r1@0.3", "r1@0.5", "r1@0.7", "miou"))]],
+        )
+    queries = Path(yaml_path).parent / "queries.json"
+    if queries.exists():
+        import json
+
+        shares = json.loads(queries.read_text())["kind_shares"]
+        kinds = list(next(iter(shares.values())))
+        print_table(
+            "query kinds (% of each split)", ["split", *kinds], [[s, *v.values()] for s, v in shares.items()]
+        )
 
 
 def summarize_dataset(yaml_path: Path) -> None:
@@ -575,7 +610,8 @@ def add_data_parser(sub: Any) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from emtm.demo import run_demo
 
-    run_demo(Path(args.out), preset=args.preset, epochs=args.epochs, data_dir=Path(args.data_dir))
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    run_demo(Path(args.out), preset=args.preset, epochs=args.epochs, data_dir=data_dir)
     return 0
 
 
@@ -595,8 +631,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         default="default",
         help="tiny, small, default (Charades-STA size); harder: small-relational, relational (repeated "
-        "events), small-hard, hard (every video repeats an event, more distractors)",
+        "events), small-hard, hard (every video repeats an event, more distractors); real pixels: "
+        "small-pixels, pixels (Fashion-MNIST photographs in H.264 videos, features by `emtm extract`)",
     )
+    p.add_argument(
+        "--images",
+        help="pixel presets: folder of the four Fashion-MNIST idx files (default: Debian's "
+        "dataset-fashion-mnist, /usr/share/datasets/fashion-mnist)",
+    )
+    p.add_argument(
+        "--cache",
+        help="pixel presets: where videos and features are cached by config hash "
+        "(default $EMTM_CACHE/pixels or ~/.cache/emtm/pixels)",
+    )
+    p.add_argument(
+        "--device",
+        choices=["cpu", "cuda", "auto"],
+        default="auto",
+        help="pixel presets: where extraction runs",
+    )
+    p.add_argument("--threads", type=int, help="pixel presets: torch threads for extraction")
     p.add_argument("--out", default="data/synth", help="output folder (gets data.yaml)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same bytes")
     p.add_argument("--feature-dim", type=int, help="feature dimension D (default: the preset's)")
@@ -838,7 +892,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job on built-in data: synth -> train -> evaluate -> table")
     p.add_argument("--out", default="runs/demo", help="where the demo's runs and results go")
-    p.add_argument("--data-dir", default="data/synth-demo", help="where the synthetic benchmark is written")
+    p.add_argument(
+        "--data-dir", help="where the built-in benchmark is written (default data/synth-PRESET)"
+    )
     p.add_argument("--preset", default="small", help="synthetic benchmark preset (see emtm synth --help)")
     p.add_argument("--epochs", type=int, default=None, help="epochs for each model (default: the demo's)")
     p.set_defaults(func=cmd_demo)

@@ -17,12 +17,13 @@ import torch
 
 from emtm.bench.device import num_threads
 from emtm.config import OptimConfig, TrainConfig
-from emtm.data import synth
 from emtm.data.dataset import split_dataset
 from emtm.engine.checkpoint import load_run
 from emtm.engine.evaluate import evaluate
 from emtm.engine.pipeline import REPORT_COLUMNS, Plan, Stage, report_rows, run_pipeline, write_figures
 from emtm.engine.train import resolve_device, train
+from emtm.errors import EmtmError
+from emtm.extract.pixel_benchmark import generate_preset
 from emtm.io import write_json, write_markdown_table
 
 # Sized so the whole demo fits in 20 minutes on 2 CPU cores (README has the measured times).
@@ -114,6 +115,14 @@ def demo_plan(epochs: int | None = None) -> Plan:
     )
 
 
+def written_preset(yaml_path: Path) -> str | None:
+    """The preset a built-in benchmark's data.yaml was written from (None: not a preset)."""
+    import yaml
+
+    data = yaml.safe_load(yaml_path.read_text(encoding="utf-8")) or {}
+    return (data.get("synth") or data.get("pixels") or {}).get("preset")
+
+
 def run_demo(
     out: Path, preset: str = "small", epochs: int | None = None, data_dir: Path | None = None
 ) -> dict[str, Any]:
@@ -123,10 +132,16 @@ def run_demo(
     data_dir = data_dir or Path("data") / f"synth-{preset}"
     yaml_path = data_dir / "data.yaml"
     if yaml_path.exists():
-        print(f"using the synthetic benchmark in {data_dir} (delete it to regenerate)")
+        found = written_preset(yaml_path)
+        if found != preset:
+            raise EmtmError(
+                f"{yaml_path} holds the preset {found!r}, not {preset!r}: delete {data_dir} or pass another "
+                "--data-dir"
+            )
+        print(f"using the built-in benchmark in {data_dir} (delete it to regenerate)")
     else:
-        print(f"writing the synthetic benchmark (preset {preset!r}) to {data_dir}")
-        synth.generate(synth.PRESETS[preset], data_dir)
+        print(f"writing the built-in benchmark (preset {preset!r}) to {data_dir}")
+        generate_preset(preset, data_dir)
     plan = demo_plan(epochs)
     sizes = ", ".join(
         f"{n} {s.optim.epochs} ep" for n, s in {**plan.teachers, "student": plan.student}.items()

@@ -1,13 +1,16 @@
-"""The evaluator's maths: temporal IoU, R@k@m and mIoU, and temporal NMS (numpy, float64)."""
+"""The evaluator's maths: temporal IoU, R@k@m, mIoU and mAP, and temporal NMS (numpy, float64)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 THRESHOLDS = (0.3, 0.5, 0.7)
 TOP_KS = (1, 5)
+MAP_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # 0.5, 0.55, ..., 0.95
+MAP_WINDOWS = 10  # predicted windows per query that mAP ranks, as the Moment-DETR evaluator
 
 
 def temporal_iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
@@ -90,3 +93,11 @@ def temporal_nms(
             break
         suppressed |= ious[i] > iou_threshold
     return np.asarray(keep, dtype=np.int64)
+
+
+def prior_metrics(train: Sequence[Any], test: Sequence[Any]) -> dict[str, float]:
+    """The moment prior (the `prior` baseline): every test query gets the mean training window, in
+    fractions of its video, scored like any model (each sample needs start, end and duration)."""
+    fractions = np.mean([[s.start / s.duration, s.end / s.duration] for s in train], axis=0)
+    preds = [fractions[None, :] * s.duration for s in test]
+    return grounding_metrics(preds, np.asarray([[s.start, s.end] for s in test], dtype=np.float64))
