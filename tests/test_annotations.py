@@ -199,11 +199,14 @@ def test_jsonl_lighthouse_layout(tmp_path):
     ]
     path.write_text("\n".join(json.dumps(d) for d in lines) + "\n\n", encoding="utf-8")
     samples, report = read_annotations(path, "jsonl")
+    vid = "j7rJstUseKg_360.0_510.0"  # every window is kept (clipped); the first is the moment
     assert samples == [
-        Sample("9769", "j7rJstUseKg_360.0_510.0", 150.0, 72.0, 82.0, "some military patriots"),
+        Sample("9769", vid, 150.0, 72.0, 82.0, "some military patriots", ((72.0, 82.0), (90.0, 150.0))),
         Sample("7", "v", 10.0, 0.0, 10.0, "a man"),
     ]
-    assert (report.n_read, report.n_kept, report.n_clipped, report.n_dropped) == (3, 2, 1, 1)
+    assert samples[1].windows == ((0.0, 10.0),)
+    assert [s.ends_clipped for s in samples] == [1, 1] and report.n_ends_clipped == 2
+    assert (report.n_read, report.n_kept, report.n_clipped, report.n_dropped) == (3, 2, 2, 1)
     assert f"{path}, line 3:" in report.warnings[0] and "5.0 >= end 5.0" in report.warnings[0]
 
 

@@ -74,7 +74,10 @@ def test_errors_are_clear_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtu
     bad.write_text("format: charades\nsplits: {test: t.txt}\nfeatures: f\n")
     assert main(["train", "--data", str(bad), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert "data.yaml" in err and "format" in err and "splits" in err
+    assert "data.yaml" in err and "format" in err
+    bad.write_text("format: charades_sta\nsplits: {test: t.txt}\nfeatures: f\n")  # valid for evaluation only
+    assert main(["train", "--data", str(bad), "--out", str(tmp_path / "r")]) == 2
+    assert f"{bad}: no 'train' split, and training needs one" in capsys.readouterr().err
     assert main(["evaluate", "--run", str(tmp_path / "nowhere")]) == 2
     assert "no config.json" in capsys.readouterr().err
 

@@ -161,6 +161,18 @@ ANNOTATION_CASES = [
         ("{tmp}/durations.json", "video 'v1': missing key 'duration'"),
     ),
     Case(
+        "durations-files-disagree",
+        lambda tmp: (
+            lambda: read_annotations(
+                write(tmp / "train.txt", "v1 1 2##a\n"),
+                "charades_sta",
+                [write(tmp / "a.json", DUR), write(tmp / "b.json", '{"v1": 31.0}')],
+            )
+        ),
+        DataError,
+        ("{tmp}/b.json", "video 'v1': duration 31 s, but {tmp}/a.json gives 30 s"),
+    ),
+    Case(
         "durations-zero",
         charades("v1 1 2##a\n", '{"v1": 0}'),
         DataError,
@@ -507,7 +519,13 @@ FEATURE_CASES = [
         "video-missing",
         npy_store({"v1": GOOD}, "v2"),
         DataError,
-        ("{tmp}/feats", "no features for video 'v2'", "skip_missing_videos: true"),
+        ("{tmp}/feats", "no features for video 'v2'", "keys look like ['v1']", "skip_missing_videos: true"),
+    ),
+    Case(
+        "video-matches-two-keys",
+        npy_store({"v1.avi": GOOD, "v1.mp4": GOOD}, "v1"),
+        DataError,
+        ("{tmp}/feats", "video 'v1' matches 2 keys of this store (['v1.avi', 'v1.mp4'])"),
     ),
     Case(
         "video-id-not-a-file-name",
@@ -679,9 +697,9 @@ CONFIG_CASES = [
     ),
     Case(
         "yaml-missing-field",
-        data_yaml("format: jsonl\nsplits: {train: t.jsonl}\n"),
+        data_yaml("splits: {train: t.jsonl}\nfeatures: f\n"),
         ConfigError,
-        ("{tmp}/data.yaml", "features: Field required"),
+        ("{tmp}/data.yaml", "format: Field required"),
     ),
     Case(
         "yaml-wrong-value",
@@ -696,10 +714,30 @@ CONFIG_CASES = [
         ("{tmp}/data.yaml", "format: Input should be 'charades_sta', 'activitynet', 'tacos' or 'jsonl'"),
     ),
     Case(
-        "yaml-no-train-split",
-        data_yaml(splits={"test": "t.jsonl"}),
+        "yaml-no-splits",
+        data_yaml(splits={}),
         ConfigError,
-        ("{tmp}/data.yaml", "splits: Value error, must name a 'train' split"),
+        ("{tmp}/data.yaml", "splits: Dictionary should have at least 1 item"),
+    ),
+    Case(
+        "train-without-train-split",
+        lambda tmp: (
+            lambda: load_data_config(
+                write(tmp / "data.yaml", yaml.safe_dump({**DATA, "splits": {"test": "t.jsonl"}}))
+            ).require_split("train", "training needs one (its vocabulary and its queries)")
+        ),
+        ConfigError,
+        ("{tmp}/data.yaml: no 'train' split, and training needs one", "it has: test"),
+    ),
+    Case(
+        "yaml-no-features",
+        lambda tmp: (
+            lambda: load_data_config(
+                write(tmp / "data.yaml", yaml.safe_dump({k: v for k, v in DATA.items() if k != "features"}))
+            ).features_path()
+        ),
+        ConfigError,
+        ("{tmp}/data.yaml: no `features:`, and this command reads features",),
     ),
     Case(
         "yaml-non-string-key",

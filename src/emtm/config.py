@@ -18,14 +18,21 @@ Format = Literal["charades_sta", "activitynet", "tacos", "jsonl"]
 
 
 class DataConfig(BaseModel):
-    """One dataset, as described by a data.yaml. Relative paths resolve against the yaml's folder."""
+    """One dataset, as described by a data.yaml. Relative paths resolve against the yaml's folder.
+
+    Only what a command uses is required: `emtm evaluate --preds` reads the split it scores (and the
+    durations of charades_sta), so a test-only data.yaml without `features:` serves it; training
+    needs a `train` split and every command that reads features needs `features:` (`require`).
+    """
 
     model_config = ConfigDict(extra="allow")
 
     format: Format
-    splits: dict[str, str]
-    features: str
-    durations: str | None = None
+    splits: dict[str, str] = Field(min_length=1)
+    features: str | None = None
+    durations: str | list[str] | None = Field(
+        None, description="charades_sta: a file, or a list (e.g. Charades_v1_train.csv, Charades_v1_test.csv)"
+    )
     word_vectors: str = "glove-6b-50d"
     max_video_len: int = Field(64, ge=1)
     max_query_len: int = Field(30, ge=1)
@@ -33,13 +40,14 @@ class DataConfig(BaseModel):
     skip_missing_videos: bool = False
     val_fraction: float = Field(0.1, gt=0, lt=1)
     root: str = "."
+    source: str = Field("data.yaml", exclude=True, description="the file it was read from, for messages")
 
-    @field_validator("splits")
+    @field_validator("durations")
     @classmethod
-    def _needs_train(cls, splits: dict[str, str]) -> dict[str, str]:
-        if "train" not in splits:
-            raise ValueError("must name a 'train' split, e.g. splits: {train: train.txt, test: test.txt}")
-        return splits
+    def _some_durations(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and not value:
+            raise ValueError("an empty list; give a file, or a list of files, or leave the key out")
+        return value
 
     def resolve(self, value: str | None) -> Path | None:
         """A path from the yaml, resolved against its folder. Named word vectors stay names."""
@@ -47,6 +55,29 @@ class DataConfig(BaseModel):
             return None
         path = Path(value).expanduser()
         return path if path.is_absolute() else (Path(self.root) / path).resolve()
+
+    def duration_paths(self) -> Path | list[Path] | None:
+        """`durations:` resolved: None, one path, or a list of paths."""
+        if isinstance(self.durations, list):
+            return [self.resolve(p) for p in self.durations]
+        return self.resolve(self.durations)
+
+    def features_path(self) -> Path:
+        """`features:` resolved; a ConfigError when data.yaml has none (only evaluation can do without)."""
+        if self.features is None:
+            raise ConfigError(
+                f"{self.source}: no `features:`, and this command reads features: set it to a folder of "
+                "{video_id}.npy files or an .h5 file (`emtm evaluate --preds` alone needs none)"
+            )
+        return self.resolve(self.features)
+
+    def require_split(self, split: str, why: str) -> None:
+        """A ConfigError unless data.yaml names `split` (e.g. training needs 'train')."""
+        if split not in self.splits:
+            raise ConfigError(
+                f"{self.source}: no {split!r} split, and {why}; it has: {', '.join(self.splits)} "
+                "(e.g. splits: {train: train.txt, test: test.txt})"
+            )
 
     def split_path(self, split: str) -> Path:
         if split not in self.splits:
@@ -65,6 +96,7 @@ def load_data_config(path: str | Path) -> DataConfig:
     path = Path(path)
     raw = read_mapping(path)
     raw.setdefault("root", str(path.resolve().parent))
+    raw.setdefault("source", str(path))
     return validate(DataConfig, raw, str(path))
 
 

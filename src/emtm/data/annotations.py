@@ -4,10 +4,12 @@ Every reader returns a list of `Sample` (times in seconds) and a `ReadReport`. T
 same for all formats:
 
 - a time below 0 is clipped to 0, a time past the video's duration is clipped to the duration,
-  and the kept sample is counted in `report.n_clipped`;
-- a sample whose start >= end after clipping, or with a non-finite time, is dropped: it is
-  counted in `report.n_dropped`, described in `report.warnings` (file, line or video/index, and
-  the values) and logged as a warning on the "emtm.data" logger;
+  and the kept sample is counted in `report.n_clipped` (the windows whose END was past the duration
+  in `report.n_ends_clipped`, and per sample in `Sample.ends_clipped`);
+- a window whose start >= end after clipping, or with a non-finite time, is dropped; a sample left
+  with no window is dropped: it is counted in `report.n_dropped`, described in `report.warnings`
+  (file, line or video/index, and the values) and logged as a warning on the "emtm.data" logger
+  (a JSONL query that keeps another of its windows is kept, and the dropped window is warned about);
 - anything malformed raises `DataError` naming the file and line (or video id and field); a
   duration (or fps / frame count) that is not a positive finite number is malformed, not dropped.
 
@@ -19,11 +21,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +46,15 @@ logger = logging.getLogger("emtm.data")
 
 
 def read_annotations(
-    path: PathLike, fmt: str, durations: PathLike | Mapping[str, float] | None = None
+    path: PathLike,
+    fmt: str,
+    durations: PathLike | Sequence[PathLike] | Mapping[str, float] | None = None,
 ) -> tuple[list[Sample], ReadReport]:
     """Read an annotation file of format `fmt` (one of `FORMATS`).
 
-    `durations` (a file for `load_durations`, or a loaded {video_id: seconds} dict) is required
-    for "charades_sta", whose files do not hold video durations; other formats ignore it.
+    `durations` (a file or a list of files for `load_durations`, or a loaded {video_id: seconds}
+    dict) is required for "charades_sta", whose files do not hold video durations; other formats
+    ignore it.
     """
     if fmt not in FORMATS:
         raise DataError(f"unknown annotation format {fmt!r}; expected one of {', '.join(FORMATS)}", path)
@@ -68,12 +74,16 @@ def read_annotations(
     return samples, report
 
 
-def load_durations(path: PathLike) -> dict[str, float]:
-    """Load video durations (seconds) as {video_id: seconds}.
+def load_durations(path: PathLike | Sequence[PathLike]) -> dict[str, float]:
+    """Load video durations (seconds) as {video_id: seconds}, from one file or a list of files.
 
-    Accepts JSON `{vid: seconds}`, JSON `{vid: {"duration": seconds, ...}}`, or the official
-    Charades `Charades_v1_*.csv` (a file ending in .csv with columns `id` and `length`).
+    Each file is JSON `{vid: seconds}`, JSON `{vid: {"duration": seconds, ...}}`, or the official
+    Charades `Charades_v1_train.csv` / `Charades_v1_test.csv` as distributed (a file ending in .csv
+    with columns `id` and `length`; the other columns are ignored). A list is merged; a video that
+    two files give different durations is an error naming both files.
     """
+    if not isinstance(path, str | os.PathLike):
+        return _merge_durations([Path(p) for p in path])
     path = Path(path)
     _require_file(path, "durations file")
     if path.suffix.lower() == ".csv":
@@ -88,6 +98,23 @@ def load_durations(path: PathLike) -> dict[str, float]:
                 raise DataError(f"video {vid!r}: missing key 'duration'", path)
             value = value["duration"]
         out[vid] = _duration(value, f"video {vid!r}: duration", path)
+    return out
+
+
+def _merge_durations(paths: list[Path]) -> dict[str, float]:
+    if not paths:
+        raise DataError("no durations file given (an empty list)")
+    out: dict[str, float] = {}
+    source: dict[str, Path] = {}
+    for path in paths:
+        for vid, seconds in load_durations(path).items():
+            if vid in out and out[vid] != seconds:
+                raise DataError(
+                    f"video {vid!r}: duration {seconds:g} s, but {source[vid]} gives {out[vid]:g} s; "
+                    "the durations files must agree",
+                    path,
+                )
+            out[vid], source[vid] = seconds, source.get(vid, path)
     return out
 
 
@@ -123,7 +150,8 @@ def write_jsonl(samples: Iterable[Sample], path: PathLike) -> None:
     """Atomically write one Lighthouse/Moment-DETR JSON object per sample.
 
     Layout: `{"qid": sample_id, "query": sentence, "vid": video_id, "duration": seconds,
-    "relevant_windows": [[start, end]]}`; qid is written as the sample id string.
+    "relevant_windows": [[start, end], ...]}` (every window of the sample); qid is written as the
+    sample id string.
     """
     with atomic_open(path) as handle:
         for sample in samples:
@@ -132,7 +160,7 @@ def write_jsonl(samples: Iterable[Sample], path: PathLike) -> None:
                 "query": sample.sentence,
                 "vid": sample.video_id,
                 "duration": sample.duration,
-                "relevant_windows": [[sample.start, sample.end]],
+                "relevant_windows": [list(w) for w in sample.windows],
             }
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
@@ -153,7 +181,7 @@ def annotation_hash(path: PathLike) -> str:
 
 
 def _read_charades_sta(
-    path: Path, durations: PathLike | Mapping[str, float] | None, report: ReadReport
+    path: Path, durations: PathLike | Sequence[PathLike] | Mapping[str, float] | None, report: ReadReport
 ) -> list[Sample]:
     """`VID START END##sentence` per line, seconds; durations come from elsewhere."""
     if durations is None:
@@ -166,7 +194,8 @@ def _read_charades_sta(
         source = "the given durations"
         table = {str(v): _duration(d, f"durations: video {v!r}", source) for v, d in durations.items()}
     else:
-        source = str(durations)
+        many = not isinstance(durations, str | os.PathLike)
+        source = ", ".join(map(str, durations)) if many else str(durations)
         table = load_durations(durations)
 
     samples: list[Sample] = []
@@ -198,7 +227,7 @@ def _read_charades_sta(
         k = counters.get(vid, 0)
         counters[vid] = k + 1
         sample = _make_sample(
-            report, f"{vid}_{k}", vid, table[vid], start, end, sentence, where=f"{path}, line {lineno}"
+            report, f"{vid}_{k}", vid, table[vid], [(start, end)], sentence, where=f"{path}, line {lineno}"
         )
         if sample is not None:
             samples.append(sample)
@@ -217,8 +246,7 @@ def _read_activitynet(path: Path, report: ReadReport) -> list[Sample]:
                 f"{vid}_{k}",
                 vid,
                 duration,
-                start,
-                end,
+                [(start, end)],
                 sentence,
                 where=f"{path}, video {vid!r}, timestamps[{k}]",
             )
@@ -251,8 +279,7 @@ def _read_tacos(path: Path, report: ReadReport) -> list[Sample]:
                 f"{vid}_{k}",
                 vid,
                 duration,
-                start / fps,
-                end / fps,
+                [(start / fps, end / fps)],
                 sentence,
                 where=f"{path}, video {key!r}, timestamps[{k}] (frames {start:g}-{end:g} at {fps:g} fps)",
             )
@@ -265,8 +292,9 @@ def _read_jsonl(path: Path, report: ReadReport) -> list[Sample]:
     """Lighthouse / Moment-DETR / QVHighlights JSON lines.
 
     Each line is `{"qid", "query", "vid", "duration", "relevant_windows": [[s, e], ...]}` in
-    seconds. Only the FIRST relevant window is used as the moment (the others are checked for
-    shape, then ignored). sample_id = str(qid), which must be unique in the file.
+    seconds. Every window is kept (`Sample.windows`, for the evaluator); the first kept one is the
+    sample's moment (start, end), the one training uses. sample_id = str(qid), which must be unique
+    in the file.
     """
     samples: list[Sample] = []
     first_line: dict[str, int] = {}
@@ -299,9 +327,8 @@ def _read_jsonl(path: Path, report: ReadReport) -> list[Sample]:
                 lineno,
             )
         first_line[sample_id] = lineno
-        start, end = pairs[0]
         sample = _make_sample(
-            report, sample_id, vid, duration, start, end, query.strip(), where=f"{path}, line {lineno}"
+            report, sample_id, vid, duration, pairs, query.strip(), where=f"{path}, line {lineno}"
         )
         if sample is not None:
             samples.append(sample)
@@ -317,36 +344,48 @@ def _make_sample(
     sample_id: str,
     video_id: str,
     duration: float,
-    start: float,
-    end: float,
+    windows: Sequence[tuple[float, float]],
     sentence: str,
     where: str,
 ) -> Sample | None:
-    """Apply the clip/drop policy to one query and count it in `report`."""
+    """Apply the clip/drop policy to each window of one query and count the query in `report`."""
     report.n_read += 1
+    kept: list[tuple[float, float]] = []
+    problems: list[str] = []
+    clipped = ends_clipped = 0
+    for i, (start, end) in enumerate(windows):
+        problem = _window_problem(start, end, duration)
+        if problem:
+            problems.append(problem if len(windows) == 1 else f"relevant_windows[{i}] {problem}")
+            continue
+        new = (float(min(max(start, 0.0), duration)), float(min(max(end, 0.0), duration)))
+        clipped += new != (start, end)
+        ends_clipped += end > duration
+        kept.append(new)
+    if not kept:
+        report.n_dropped += 1
+    for problem in problems:
+        tail = "; the query has no window left" if len(windows) > 1 and not kept else ""
+        message = f"{where}: dropped: {problem}{tail}"
+        report.warnings.append(message)
+        logger.warning(message)
+    if not kept:
+        return None
+    report.n_clipped += bool(clipped)
+    report.n_ends_clipped += ends_clipped
+    start, end = kept[0]
+    return Sample(sample_id, video_id, float(duration), start, end, sentence, tuple(kept), ends_clipped)
+
+
+def _window_problem(start: float, end: float, duration: float) -> str:
+    """Why a window cannot be kept ("" when it can)."""
     if not (math.isfinite(start) and math.isfinite(end)):
-        _drop(report, f"{where}: dropped: non-finite time (start {start}, end {end})")
-        return None
-    new_start = min(max(start, 0.0), duration)
-    new_end = min(max(end, 0.0), duration)
+        return f"non-finite time (start {start}, end {end})"
     if start >= end:
-        _drop(report, f"{where}: dropped: start {start} >= end {end} (duration {duration})")
-        return None
-    if new_start >= new_end:
-        _drop(
-            report,
-            f"{where}: dropped: [{start}, {end}] is empty after clipping to the duration [0, {duration}]",
-        )
-        return None
-    if (new_start, new_end) != (start, end):
-        report.n_clipped += 1
-    return Sample(sample_id, video_id, float(duration), float(new_start), float(new_end), sentence)
-
-
-def _drop(report: ReadReport, message: str) -> None:
-    report.n_dropped += 1
-    report.warnings.append(message)
-    logger.warning(message)
+        return f"start {start} >= end {end} (duration {duration})"
+    if min(max(start, 0.0), duration) >= min(max(end, 0.0), duration):
+        return f"[{start}, {end}] is empty after clipping to the duration [0, {duration}]"
+    return ""
 
 
 def _require_file(path: Path, what: str) -> None:
@@ -434,7 +473,7 @@ def short_repr(value: Any, limit: int = 80) -> str:
 
 def _load_durations_csv(path: Path) -> dict[str, float]:
     text = _read_text(path)
-    reader = csv.DictReader(text.splitlines(keepends=True))
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted fields may hold commas and newlines
     try:
         header = reader.fieldnames or []
         if "id" not in header or "length" not in header:

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from emtm.config import DataConfig
 from emtm.data.annotations import read_annotations
-from emtm.data.features import FeatureStore, open_feature_store, resample_features
+from emtm.data.features import FeatureStore, key_examples, open_feature_store, resample_features
 from emtm.data.grid import time_to_index
 from emtm.data.records import ReadReport, Sample
 from emtm.data.text import Vocab, tokenize
@@ -32,8 +32,7 @@ class SplitData:
 
 def read_split(cfg: DataConfig, split: str) -> SplitData:
     path = cfg.split_path(split)
-    durations = cfg.resolve(cfg.durations)
-    samples, report = read_annotations(path, cfg.format, durations)
+    samples, report = read_annotations(path, cfg.format, cfg.duration_paths())
     return SplitData(samples, report, source=str(path))
 
 
@@ -96,8 +95,8 @@ def filter_missing(split: SplitData, store: FeatureStore, skip_missing: bool, na
     if missing and not skip_missing:
         raise DataError(
             f"{len(missing)} video(s) of split {name!r} have no features in {store.path}, "
-            f"e.g. {missing[:3]}; fix the features path, or set skip_missing_videos: true in data.yaml "
-            "to skip them",
+            f"e.g. {missing[:3]}, while the store's keys look like {key_examples(store)}; fix the "
+            "features path or the video ids, or set skip_missing_videos: true in data.yaml to skip them",
         )
     kept = [s for s in split.samples if present[s.video_id]]
     if missing:
@@ -121,7 +120,7 @@ def prepare(
     names: tuple[str, ...] = ("train", "val", "test"),
     fold: tuple[int, int] | None = None,
 ) -> Prepared:
-    store = open_feature_store(cfg.resolve(cfg.features))
+    store = open_feature_store(cfg.features_path())
     splits = {
         name: filter_missing(split, store, cfg.skip_missing_videos, name)
         for name, split in load_splits(cfg, seed, names, fold).items()

@@ -1,4 +1,11 @@
-"""Per-video visual features, (T, D) float32: a folder of {video_id}.npy files or one HDF5 file."""
+"""Per-video visual features, (T, D) float32: a folder of {video_id}.npy files or one HDF5 file.
+
+Every store finds a video by one rule (`emtm.data.records.without_video_suffix`): under its id, or
+else under the one key that equals the id once a video-file extension (".avi", ".mp4", ...) is
+removed from both. So the TACoS video "s13-d21" (annotation key "s13-d21.avi") is found in a 2D-TAN
+`tall_c3d_features.hdf5` keyed "s13-d21.avi", and in a folder of "s13-d21.npy" (`emtm extract`,
+VSLNet). An exact key always wins; an id that matches two keys is an error naming them.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from emtm.data.records import without_video_suffix
 from emtm.errors import DataError
 from emtm.io import atomic_open, atomic_path
 
@@ -67,12 +75,21 @@ def _corrupt_h5(path: Path, exc: Exception, what: str) -> DataError:
     return DataError(f"cannot read {what} ({exc}); the HDF5 file may be truncated or corrupt", path=path)
 
 
-def _missing(video_id: str, path: Path) -> DataError:
+def _missing(video_id: str, store: FeatureStore) -> DataError:
     return DataError(
-        f"no features for video {video_id!r} in this store; check the video ids, or set "
-        "`skip_missing_videos: true` in data.yaml to skip queries whose video has no features",
-        path=path,
+        f"no features for video {video_id!r} in this store (its keys look like {key_examples(store)}); "
+        "check the video ids, or set `skip_missing_videos: true` in data.yaml to skip queries whose "
+        "video has no features",
+        path=store.path,
     )
+
+
+def key_examples(store: FeatureStore, n: int = 3) -> list[str]:
+    """A few of the store's keys, for an error message that shows a naming mismatch at once."""
+    try:
+        return store.video_ids()[:n]
+    except DataError:
+        return []
 
 
 def _check(feats: Any, video_id: str, path: Path, dim: int | None) -> np.ndarray:
@@ -113,15 +130,42 @@ def _check(feats: Any, video_id: str, path: Path, dim: int | None) -> np.ndarray
 
 
 class _Store:
-    """What both stores share: D read from the first video, and every load checked against it."""
+    """What both stores share: the key rule (module docstring), D read from the first video, and every
+    load checked against it."""
 
+    path: Path
     _dim: int | None = None
+    _stems: dict[str, list[str]] | None = None
 
     def video_ids(self) -> list[str]:  # pragma: no cover - implemented by each store
         raise NotImplementedError
 
+    def _has(self, key: str) -> bool:  # pragma: no cover - is `key` exactly one of the store's keys?
+        raise NotImplementedError
+
     def _read(self, video_id: str, dim: int | None = None) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
+
+    def key_of(self, video_id: str) -> str | None:
+        """The store key holding `video_id`'s features under the module's rule, or None."""
+        if self._has(video_id):
+            return video_id
+        if self._stems is None:
+            stems: dict[str, list[str]] = {}
+            for key in self.video_ids():
+                stems.setdefault(without_video_suffix(key), []).append(key)
+            self._stems = stems
+        matches = self._stems.get(without_video_suffix(video_id), [])
+        if len(matches) > 1:
+            raise DataError(
+                f"video {video_id!r} matches {len(matches)} keys of this store ({matches[:3]}) once their "
+                "video-file extension is removed; keep one of them",
+                path=self.path,
+            )
+        return matches[0] if matches else None
+
+    def __contains__(self, video_id: str) -> bool:
+        return self.key_of(video_id) is not None
 
     @property
     def dim(self) -> int:
@@ -156,8 +200,8 @@ class NpyDirStore(_Store):
                 raise DataError(f"no .npy files in this folder; {_LAYOUTS}", path=self.path)
         return self._ids
 
-    def __contains__(self, video_id: str) -> bool:
-        return not _bad_id(video_id) and (self.path / f"{video_id}.npy").is_file()
+    def _has(self, key: str) -> bool:
+        return not _bad_id(key) and (self.path / f"{key}.npy").is_file()
 
     def _read(self, video_id: str, dim: int | None = None) -> np.ndarray:
         if _bad_id(video_id):  # e.g. "../x" from an annotation file must not read outside the folder
@@ -166,11 +210,14 @@ class NpyDirStore(_Store):
                 "or contains '/' or a NUL byte); fix the video ids of the annotation file",
                 path=self.path,
             )
-        file = self.path / f"{video_id}.npy"
+        key = self.key_of(video_id)
+        if key is None:
+            raise _missing(video_id, self)
+        file = self.path / f"{key}.npy"
         try:
             feats = np.load(file, mmap_mode="r", allow_pickle=False)
         except FileNotFoundError:
-            raise _missing(video_id, self.path) from None
+            raise _missing(video_id, self) from None
         except NPY_READ_ERRORS as exc:
             problem = str(exc) or type(exc).__name__
             if "Python objects" in problem or "pickle" in problem:
@@ -237,20 +284,21 @@ class H5Store(_Store):
                 raise DataError(f"no top-level datasets in this file; {_LAYOUTS}", path=self.path)
         return self._ids
 
-    def __contains__(self, video_id: str) -> bool:
+    def _has(self, key: str) -> bool:
         import h5py
 
         f = self._file()
         try:
-            return f.get(video_id, getclass=True) is h5py.Dataset
+            return f.get(key, getclass=True) is h5py.Dataset
         except _H5_ERRORS as exc:
-            raise _corrupt_h5(self.path, exc, f"the entry of video {video_id!r}") from None
+            raise _corrupt_h5(self.path, exc, f"the entry of video {key!r}") from None
 
     def _read(self, video_id: str, dim: int | None = None) -> np.ndarray:
-        if video_id not in self:
-            raise _missing(video_id, self.path)
+        key = self.key_of(video_id)
+        if key is None:
+            raise _missing(video_id, self)
         try:
-            feats = self._file()[video_id][()]
+            feats = self._file()[key][()]
         except _H5_ERRORS as exc:
             raise _corrupt_h5(self.path, exc, f"the features of video {video_id!r}") from None
         return _check(feats, video_id, self.path, dim)

@@ -329,9 +329,11 @@ def data_description(data_yaml: str) -> dict[str, Any]:
     features: dict[str, Any] = {}
     if synth is not None:
         features.update(clip_seconds=1.0, backbone="synthetic (emtm synth)")
-    feature_path = cfg.resolve(cfg.features)
-    sidecar = (feature_path if feature_path.is_dir() else feature_path.parent) / "features.json"
-    if sidecar.is_file():
+    feature_path = cfg.resolve(cfg.features) if cfg.features else None
+    sidecar = None
+    if feature_path is not None:
+        sidecar = (feature_path if feature_path.is_dir() else feature_path.parent) / "features.json"
+    if sidecar is not None and sidecar.is_file():
         try:
             recorded = json.loads(sidecar.read_text(encoding="utf-8"))
         except (OSError, ValueError):

@@ -106,6 +106,7 @@ class RunData:
 
 def build_run_data(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None = None) -> RunData:
     data_cfg = load_data_config(cfg.data)
+    data_cfg.require_split("train", "training needs one (its vocabulary and its queries)")
     prepared = prepare(data_cfg, cfg.run.seed, fold=cfg.fold)
     train_samples = prepared.splits["train"].samples
     if resume and (run_dir / "vocab.json").exists():
@@ -194,6 +195,7 @@ class Trainer:
             cfg.model, model_config(cfg.model, cfg.model_options), data.spec.to_spec(data.word_vectors)
         )
         model.fit_prior(data.datasets["train"].samples)
+        model.fit_inputs(data.datasets["train"])  # on resume the checkpoint's own statistics replace these
         self.model = model.to(self.device)
         if not resume and self.main:
             write_run_config(run_dir, cfg, data.spec, {"splits": split_summary(data)})

@@ -16,11 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from emtm.data.records import VIDEO_SUFFIXES
 from emtm.errors import EmtmError
-
-VIDEO_SUFFIXES = (
-    ".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ogv", ".3gp", ".ts",
-)  # fmt: skip
 
 
 @dataclass
