@@ -46,7 +46,8 @@ def _one(window, gt=(0.0, 10.0)):
 
 def test_keys_and_types():
     out = _one([0.0, 10.0])
-    expected_keys = {f"r{k}@{m}" for k in TOP_KS for m in THRESHOLDS} | {"miou", "n_queries"}
+    expected_keys = {f"r{k}@{m}" for k in TOP_KS for m in THRESHOLDS}
+    expected_keys |= {"miou", "map", "map@0.5", "map@0.75", "n_queries"}
     assert set(out) == expected_keys
     assert {"r1@0.3", "r1@0.5", "r1@0.7", "r5@0.3", "r5@0.5", "r5@0.7"} <= set(out)
     assert out["n_queries"] == 1 and isinstance(out["n_queries"], int)
@@ -102,7 +103,9 @@ def test_miou_and_rates_over_queries():
 
 def test_custom_thresholds_and_ks():
     out = grounding_metrics([np.array([[0.0, 1.0], [0.0, 10.0]])], np.array([[0.0, 10.0]]), (0.9,), (2,))
-    assert out == {"r2@0.9": 100.0, "miou": 10.0, "n_queries": 1}
+    # the hit is at rank 2: precision 1/2 at recall 1, so AP = 0.5 at every threshold
+    maps = {"map": 50.0, "map@0.5": 50.0, "map@0.75": 50.0}
+    assert out == {"r2@0.9": 100.0, "miou": 10.0, "n_queries": 1} | maps
 
 
 @pytest.mark.parametrize(

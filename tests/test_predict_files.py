@@ -132,7 +132,7 @@ def broken(records: list[dict]) -> dict[str, tuple[list, str]]:
         return [{**first, **changes}, *rest]
 
     return {
-        "missing": (rest, r"1 of the \d+ queries of split 'test' have no prediction"),
+        "missing": (rest, r"1 of the \d+ queries of split 'test' of .*data.yaml have no prediction"),
         "extra": ([*records, {**first, "qid": "NOPE_0"}], rf", line {last}: qid 'NOPE_0' is not"),
         "duplicate": ([*records, first], rf", line {last}: qid '{first['qid']}' again \(first on line 1\)"),
         "bad json": (["{not json", *rest], r", line 1: invalid JSON"),
@@ -167,7 +167,11 @@ def test_usage_errors(run_dir: Path, preds: Path, tiny_data: Path, capsys) -> No
     assert main(["evaluate", "--run", str(run_dir), "--preds", str(preds)]) == 2
     assert "give one of --run" in capsys.readouterr().err
     assert main(["evaluate", "--preds", str(preds)]) == 2
-    assert "--preds needs --data" in capsys.readouterr().err
+    assert "--preds needs the ground truth: --data D.yaml (and --split) or --gt" in capsys.readouterr().err
+    assert main(["evaluate", "--preds", str(preds), "--data", str(tiny_data), "--gt", str(preds)]) == 2
+    assert "one of them" in capsys.readouterr().err
+    assert main(["evaluate", "--run", str(run_dir), "--gt", str(preds)]) == 2
+    assert "--gt FILE.jsonl is the ground truth of a prediction file" in capsys.readouterr().err
     assert main(["predict", "--model", str(run_dir), "--data", str(tiny_data)]) == 2
     assert "--data needs --out" in capsys.readouterr().err
     assert main(["predict", "--model", str(run_dir)]) == 2

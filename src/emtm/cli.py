@@ -415,18 +415,23 @@ def cmd_teachers(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from emtm.engine.evaluate import length_breakdown, score_predictions
+    from emtm.engine.evaluate import RELATIVE_LABELS, SECONDS_LABELS, clipping_note, evaluation_report
     from emtm.io import write_json
 
     if bool(args.run) == bool(args.preds):
         raise EmtmError("give one of --run (score a model) and --preds (score a prediction file)")
+    if args.gt and not args.preds:
+        raise EmtmError("--gt FILE.jsonl is the ground truth of a prediction file: give --preds with it")
     if args.preds:
         from emtm.engine.predictions import read_predictions
 
-        if not args.data:
-            raise EmtmError("--preds needs --data D.yaml: the annotations to score the predictions against")
-        preds = read_predictions(args.preds, args.data, args.split, args.protocol, args.seed)
-        name, source = Path(args.preds).name, {"preds": str(args.preds), "data": str(args.data)}
+        if bool(args.data) == bool(args.gt):
+            raise EmtmError(
+                "--preds needs the ground truth: --data D.yaml (and --split) or --gt FILE.jsonl, one of them"
+            )
+        preds = read_predictions(args.preds, args.data, args.split, args.protocol, args.seed, args.gt)
+        truth = {"gt": str(args.gt)} if args.gt else {"data": str(args.data)}
+        name, source = Path(args.preds).name, {"preds": str(args.preds), **truth}
     else:
         from emtm.data.dataset import split_dataset
         from emtm.engine.checkpoint import load_run
@@ -450,17 +455,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             run.model, dataset, eval_cfg, device, args.batch_size, progress=not args.no_progress
         )
         name, source = run.cfg.model, {"run": str(args.run), "model": run.cfg.model}
-    metrics = score_predictions(preds, args.protocol)
+    metrics = evaluation_report(preds, args.protocol, args.breakdown)
     metrics.update(split=args.split, **source)
-    rows = [metrics_row(args.split, metrics, [metrics["n_queries"]])]
-    if args.breakdown:
-        metrics["breakdown"] = length_breakdown(preds, args.protocol)
-        rows += [metrics_row(f"  {k}", v, [v["n_queries"]]) for k, v in metrics["breakdown"].items()]
+    split = "gt" if args.gt else args.split
+
+    def row(label: str, m: dict[str, Any]) -> list[Any]:
+        return metrics_row(label, m, [m["map"], m["map@0.5"], m["map@0.75"], m["n_queries"]])
+
+    rows = [row(split, metrics)]
+    for key, labels in (("breakdown", RELATIVE_LABELS), ("breakdown_seconds", SECONDS_LABELS)):
+        rows += [row(f"  {labels[k]}", v) for k, v in metrics.get(key, {}).items()]
     print_table(
-        f"{name} on {args.split} ({args.protocol} protocol)",
-        ["split", *METRIC_KEYS, "queries"],
+        f"{name} on {args.gt or args.split} ({args.protocol} protocol)",
+        ["split", *METRIC_KEYS, "map", "map@0.5", "map@0.75", "queries"],
         rows,
     )
+    if clipping_note(metrics):
+        print(clipping_note(metrics))
     if args.json:
         write_json(args.json, metrics)
         print(f"wrote {args.json}")
@@ -811,10 +822,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--preds",
         help="instead of --run: a prediction file (JSON lines: qid, vid, query, pred_relevant_windows; "
-        "Moment-DETR / Lighthouse layout, e.g. from emtm predict --out); needs --data",
+        "Moment-DETR / Lighthouse layout, e.g. from emtm predict --out); needs --data or --gt",
     )
     p.add_argument("--split", default="test", help="split of the data.yaml (train, val, test)")
     p.add_argument("--data", help="data.yaml to evaluate on (default for --run: the one it was trained on)")
+    p.add_argument(
+        "--gt",
+        help="with --preds, instead of --data: the ground truth as a JSON-lines file (qid, query, vid, "
+        "duration, relevant_windows), as the Moment-DETR / Lighthouse standalone evaluator takes it",
+    )
     p.add_argument(
         "--seed", type=int, default=0, help="--preds on val without a val split: seed of the held-out videos"
     )
@@ -825,7 +841,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--weights", choices=["best", "last"], default="best", help="best-on-validation or last epoch"
     )
-    p.add_argument("--breakdown", action="store_true", help="also report short / medium / long moments")
+    p.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also report moments by length: relative to the video (< 1/3, 1/3-2/3, > 2/3) and in "
+        "seconds as the Moment-DETR evaluator (<= 10, 10-30, 30-150 s)",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     p.add_argument("--no-progress", action="store_true")

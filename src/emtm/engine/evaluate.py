@@ -22,10 +22,17 @@ from emtm.models.base import GroundingModel
 
 @dataclass
 class SplitPredictions:
-    windows: list[np.ndarray]  # per query (k, 2) seconds, best first
-    scores: list[np.ndarray]  # per query (k,)
+    windows: list[np.ndarray]  # per query (k, 2) seconds, best first, each window once
+    scores: list[np.ndarray]  # per query (k,); mAP ranks by them
     samples: list[Sample]
     n_clips: np.ndarray  # valid clips per query after resampling
+
+
+# Lengths of the public Moment-DETR / Lighthouse evaluator's buckets: a ground-truth window of L seconds
+# is in a bucket when lo < L <= hi (its "full" range is (0, 150]; emtm's overall metrics keep every window).
+SECONDS_BUCKETS = {"short": (0.0, 10.0), "middle": (10.0, 30.0), "long": (30.0, 150.0)}
+SECONDS_LABELS = {"short": "short (<= 10 s)", "middle": "middle (10-30 s)", "long": "long (30-150 s)"}
+RELATIVE_LABELS = {"short": "short (< 1/3 video)", "medium": "medium (1/3-2/3)", "long": "long (> 2/3 video)"}
 
 
 def to_device(
@@ -66,40 +73,110 @@ def predict_dataset(
             outputs, batch, top_k=eval_cfg.top_k, max_len=eval_cfg.max_moment_len, nms_iou=eval_cfg.nms_iou
         )
         seconds = (pred.windows.float() * batch["duration"].view(-1, 1, 1)).cpu().numpy()
-        windows.extend(seconds.astype(np.float64))
-        scores.extend(pred.scores.float().cpu().numpy())
+        for w, p in zip(seconds.astype(np.float64), pred.scores.float().cpu().numpy()):
+            keep = distinct(w)  # decoding pads a short list with its best window: it counts once
+            windows.append(w[keep])
+            scores.append(p[keep])
         n_clips.extend(batch["video_mask"].sum(1).cpu().numpy())
     return SplitPredictions(windows, scores, list(dataset.samples), np.asarray(n_clips))
 
 
-def ground_truth(samples: list[Sample], n_clips: np.ndarray, protocol: str) -> np.ndarray:
-    """Raw annotated times, or ('quantized', the SeqPAN/EMTM protocol) the best clip-aligned span."""
+def distinct(windows: np.ndarray) -> np.ndarray:
+    """Indices of the first occurrence of each (start, end) row, in order."""
+    seen: set[tuple[float, float]] = set()
+    keep = []
+    for i, (start, end) in enumerate(windows.tolist()):
+        if (start, end) not in seen:
+            seen.add((start, end))
+            keep.append(i)
+    return np.asarray(keep, dtype=np.int64)
+
+
+def ground_truth(samples: list[Sample], n_clips: np.ndarray, protocol: str) -> list[np.ndarray]:
+    """Per query, every ground-truth window (m, 2): raw annotated times, or ('quantized', the
+    SeqPAN/EMTM protocol) each window's best clip-aligned span."""
     if protocol == "raw":
-        return np.array([[s.start, s.end] for s in samples], dtype=np.float64)
+        return [np.array(s.windows, dtype=np.float64) for s in samples]
     gts = []
     for sample, n in zip(samples, n_clips):
-        s, e = time_to_index(sample.start, sample.end, sample.duration, int(n))
-        gts.append(index_to_time(s, e, sample.duration, int(n)))
-    return np.array(gts, dtype=np.float64)
+        spans = [time_to_index(s, e, sample.duration, int(n)) for s, e in sample.windows]
+        gts.append(
+            np.array([index_to_time(s, e, sample.duration, int(n)) for s, e in spans], dtype=np.float64)
+        )
+    return gts
 
 
 def score_predictions(preds: SplitPredictions, protocol: str = "raw") -> dict[str, Any]:
+    """The split's metrics (`grounding_metrics` against every ground-truth window), with the count of
+    ground-truth ends the reader clipped to the video's duration (`n_gt_ends_clipped`)."""
     gts = ground_truth(preds.samples, preds.n_clips, protocol)
-    metrics: dict[str, Any] = grounding_metrics(preds.windows, gts)
+    metrics: dict[str, Any] = grounding_metrics(preds.windows, gts, scores=preds.scores)
     metrics["protocol"] = protocol
+    metrics["n_gt_windows"] = sum(len(s.windows) for s in preds.samples)
+    metrics["n_gt_ends_clipped"] = sum(s.ends_clipped for s in preds.samples)
     return metrics
 
 
+def evaluation_report(
+    preds: SplitPredictions, protocol: str = "raw", breakdown: bool = False
+) -> dict[str, Any]:
+    """What `emtm evaluate` reports: `score_predictions`, and with `breakdown` the metrics by moment
+    length relative to the video (`breakdown`: short / medium / long) and in seconds, the public
+    evaluator's buckets (`breakdown_seconds`: short / middle / long)."""
+    metrics = score_predictions(preds, protocol)
+    if breakdown:
+        metrics["breakdown"] = length_breakdown(preds, protocol)
+        metrics["breakdown_seconds"] = seconds_breakdown(preds, protocol)
+    return metrics
+
+
+def clipping_note(metrics: dict[str, Any]) -> str:
+    """One line on the ground-truth ends clipped to the video's duration ("" when none were)."""
+    n = metrics.get("n_gt_ends_clipped", 0)
+    if not n:
+        return ""
+    return (
+        f"ground truth: {n} of {metrics['n_gt_windows']} windows end past the video's duration and were "
+        "clipped to it (the Moment-DETR / Lighthouse evaluator keeps such ends; docs/API.md, protocol)"
+    )
+
+
 def length_breakdown(preds: SplitPredictions, protocol: str = "raw") -> dict[str, dict[str, Any]]:
-    """Metrics for short (< 1/3 of the video), medium and long (> 2/3) moments."""
+    """Metrics by moment length relative to the video: short (< 1/3 of it), medium, long (> 2/3)."""
+    return _breakdown(preds, protocol, {
+        "short": lambda length, duration: length / duration < 1 / 3,
+        "medium": lambda length, duration: 1 / 3 <= length / duration <= 2 / 3,
+        "long": lambda length, duration: length / duration > 2 / 3,
+    })  # fmt: skip
+
+
+def seconds_breakdown(preds: SplitPredictions, protocol: str = "raw") -> dict[str, dict[str, Any]]:
+    """Metrics by moment length in seconds, the public evaluator's buckets (`SECONDS_BUCKETS`)."""
+    return _breakdown(
+        preds,
+        protocol,
+        {
+            name: (lambda length, _, lo=lo, hi=hi: lo < length <= hi)
+            for name, (lo, hi) in SECONDS_BUCKETS.items()
+        },
+    )
+
+
+def _breakdown(preds: SplitPredictions, protocol: str, buckets: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per bucket, the queries with a ground-truth window in it, scored against those windows only
+    (the public evaluator's rule; with one window per query, the queries whose moment is in it)."""
     gts = ground_truth(preds.samples, preds.n_clips, protocol)
-    ratio = np.array([(s.end - s.start) / s.duration for s in preds.samples])
-    buckets = {"short": ratio < 1 / 3, "medium": (ratio >= 1 / 3) & (ratio <= 2 / 3), "long": ratio > 2 / 3}
     out = {}
-    for name, selected in buckets.items():
-        idx = np.flatnonzero(selected)
-        if len(idx):
-            out[name] = grounding_metrics([preds.windows[i] for i in idx], gts[idx])
+    for name, inside in buckets.items():
+        idx, kept = [], []
+        for i, sample in enumerate(preds.samples):
+            mask = [inside(e - s, sample.duration) for s, e in sample.windows]
+            if any(mask):
+                idx.append(i)
+                kept.append(gts[i][np.asarray(mask)])
+        if idx:
+            windows, scores = [preds.windows[i] for i in idx], [preds.scores[i] for i in idx]
+            out[name] = grounding_metrics(windows, kept, scores=scores)
     return out
 
 

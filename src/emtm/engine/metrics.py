@@ -31,39 +31,101 @@ def temporal_iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 def grounding_metrics(
     predictions: Sequence[np.ndarray],
-    ground_truth: np.ndarray,
+    ground_truth: np.ndarray | Sequence[np.ndarray],
     thresholds: Sequence[float] = THRESHOLDS,
     top_ks: Sequence[int] = TOP_KS,
+    scores: Sequence[np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """R@k@m and mIoU in percent, plus ``n_queries``.
+    """R@k@m, mIoU and mAP in percent, plus ``n_queries``.
 
     ``predictions[i]`` holds query i's windows ``(k_i, 2)``, best first (already NMS-ed),
-    ``k_i >= 1``; ``ground_truth`` is ``(N, 2)``. ``r{k}@{m}`` is the share of queries where any
-    of the first k windows (all of them if fewer than k) has IoU >= m, compared exactly;
-    ``miou`` is the mean IoU of the top-1 window.
+    ``k_i >= 1``; ``ground_truth`` is ``(N, 2)`` (one window per query) or a sequence of ``(m_i, 2)``
+    arrays, ``m_i >= 1``: every ground-truth window of query i. A window's IoU with a query is its
+    IoU with the best-matching ground-truth window. ``r{k}@{m}`` is the share of queries where any
+    of the first k windows (all of them if fewer than k) has IoU >= m, compared exactly; ``miou``
+    is the mean IoU of the top-1 window. With one window per query these are the single-window
+    definitions exactly.
+
+    ``map`` is the mean over queries and over the IoU thresholds 0.5, 0.55, ..., 0.95 of each query's
+    average precision (``average_precision``) of its first ``MAP_WINDOWS`` windows against all its
+    ground-truth windows; ``map@0.5`` and ``map@0.75`` at one threshold. The windows are ranked by
+    ``scores[i]`` (descending, ties in the given order) when given, else in the given order.
     """
-    gt = np.asarray(ground_truth, dtype=np.float64)
-    if gt.ndim != 2 or gt.shape[1] != 2:
-        raise ValueError(f"ground_truth must be (N, 2), got {gt.shape}")
-    n = len(gt)
+    gts = _gt_list(ground_truth)
+    n = len(gts)
     if n == 0 or len(predictions) != n:
         raise ValueError(f"need one prediction per query and at least one query: {len(predictions)} vs {n}")
+    if scores is not None and len(scores) != n:
+        raise ValueError(f"{len(scores)} score arrays for {n} queries")
     k_max = max(top_ks)
     ious = np.full((n, k_max), -1.0)  # -1: no window at that rank
+    aps = np.zeros((n, len(MAP_THRESHOLDS)))
     for i, windows in enumerate(predictions):
         windows = np.asarray(windows, dtype=np.float64)
         if windows.ndim != 2 or windows.shape[1] != 2 or len(windows) == 0:
             raise ValueError(f"prediction {i} must be (k, 2) with k >= 1, got {windows.shape}")
         top = windows[:k_max]
-        ious[i, : len(top)] = temporal_iou(top, gt[i])
+        ious[i, : len(top)] = temporal_iou(top[:, None, :], gts[i][None, :, :]).max(axis=1)
+        ranked = windows[:MAP_WINDOWS]
+        if scores is not None:
+            order = np.argsort(-np.asarray(scores[i], dtype=np.float64)[:MAP_WINDOWS], kind="stable")
+            ranked = ranked[order]
+        aps[i] = average_precision(temporal_iou(ranked[:, None, :], gts[i][None, :, :]), MAP_THRESHOLDS)
     out: dict[str, float] = {}
     for k in top_ks:
         best = ious[:, :k].max(axis=1)
         for m in thresholds:
             out[f"r{k}@{m}"] = float(np.mean(best >= m) * 100.0)
     out["miou"] = float(np.mean(ious[:, 0]) * 100.0)
+    out["map"] = float(np.mean(aps) * 100.0)
+    for m in (0.5, 0.75):
+        out[f"map@{m}"] = float(np.mean(aps[:, MAP_THRESHOLDS.index(m)]) * 100.0)
     out["n_queries"] = n
     return out
+
+
+def average_precision(ious: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """One query's average precision at each IoU threshold, from ``ious`` ``(k, m)``: row r the r-th
+    ranked predicted window's IoU with each of the m ground-truth windows.
+
+    At threshold t the windows are taken in rank order; each is a true positive when some ground-truth
+    window not yet matched has IoU >= t with it (it takes the one of highest IoU), else a false
+    positive. AP is the area under the precision-recall curve with precision made non-increasing
+    (each point takes the best precision at its recall or higher; recall = matched / m), i.e. the
+    sum, over the true positives, of 1/m times that interpolated precision: the ActivityNet
+    detection AP that the Moment-DETR / Lighthouse evaluator applies per query.
+    """
+    ious = np.asarray(ious, dtype=np.float64)
+    k, m = ious.shape
+    out = np.zeros(len(thresholds))
+    ranks = np.arange(1, k + 1)
+    for j, t in enumerate(thresholds):
+        if m == 1:  # one window: the first hit is the only true positive
+            tp = (ious[:, 0] >= t) & (np.cumsum(ious[:, 0] >= t) == 1)
+        else:
+            tp = np.zeros(k, dtype=bool)
+            free = np.ones(m, dtype=bool)
+            for r in range(k):
+                candidates = np.where(free & (ious[r] >= t), ious[r], -1.0)
+                g = int(np.argmax(candidates))
+                if candidates[g] >= 0:
+                    tp[r], free[g] = True, False
+        precision = np.cumsum(tp) / ranks
+        interpolated = np.maximum.accumulate(precision[::-1])[::-1]
+        out[j] = interpolated[tp].sum() / m
+    return out
+
+
+def _gt_list(ground_truth: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    if isinstance(ground_truth, np.ndarray) and ground_truth.dtype != object:
+        if ground_truth.ndim != 2 or ground_truth.shape[1] != 2:
+            raise ValueError(f"ground_truth must be (N, 2), got {ground_truth.shape}")
+        return [row[None, :] for row in ground_truth.astype(np.float64)]
+    gts = [np.asarray(g, dtype=np.float64) for g in ground_truth]
+    for i, g in enumerate(gts):
+        if g.ndim != 2 or g.shape[1] != 2 or len(g) == 0:
+            raise ValueError(f"ground truth {i} must be (m, 2) with m >= 1, got {g.shape}")
+    return gts
 
 
 def temporal_nms(

@@ -14,6 +14,8 @@ score: [start, end]). A query's qid is the `sample_id` emtm's readers give it:
 
 When reading, integer and string qids are the same query (123 == "123"). The one evaluator
 (`emtm.engine.evaluate.score_predictions`) scores what is read, exactly like `emtm evaluate --run`.
+The ground truth is a split of a data.yaml, or (`gt_path`) a Lighthouse / Moment-DETR JSON-lines file
+as the public standalone evaluators take it (`{"qid", "query", "vid", "duration", "relevant_windows"}`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 
 from emtm.config import DataConfig, load_data_config
-from emtm.data.annotations import json_lines
+from emtm.data.annotations import json_lines, read_annotations
 from emtm.data.dataset import filter_missing, load_splits, split_dataset
 from emtm.data.features import open_feature_store
 from emtm.data.records import Sample
@@ -47,13 +49,9 @@ def qid_of(sample: Sample, fmt: str) -> int | str:
 
 
 def prediction_records(preds: SplitPredictions, fmt: str) -> Iterator[dict[str, Any]]:
-    """One record per query; repeated windows (decoding pads with the best one) are written once."""
+    """One record per query, its windows as predicted (`predict_dataset` keeps each window once)."""
     for sample, windows, scores in zip(preds.samples, preds.windows, preds.scores):
-        rows, seen = [], set()
-        for (start, end), score in zip(windows.tolist(), scores.tolist()):
-            if (start, end) not in seen:
-                seen.add((start, end))
-                rows.append([start, end, score])
+        rows = [[start, end, score] for (start, end), score in zip(windows.tolist(), scores.tolist())]
         yield {"qid": qid_of(sample, fmt), "vid": sample.video_id, "query": sample.sentence,
                "pred_relevant_windows": rows}  # fmt: skip
 
@@ -101,21 +99,42 @@ def split_samples(data_yaml: str | Path, split: str, seed: int = 0) -> tuple[lis
         raise DataError(f"split {split!r} not found in {data_yaml} (it has {', '.join(cfg.splits)})")
     chosen = splits[split]
     if cfg.skip_missing_videos:
-        chosen = filter_missing(chosen, open_feature_store(cfg.resolve(cfg.features)), True, split)
+        chosen = filter_missing(chosen, open_feature_store(cfg.features_path()), True, split)
     return chosen.samples, cfg
 
 
 def read_predictions(
-    path: str | Path, data_yaml: str | Path, split: str = "test", protocol: str = "raw", seed: int = 0
+    path: str | Path,
+    data_yaml: str | Path | None = None,
+    split: str = "test",
+    protocol: str = "raw",
+    seed: int = 0,
+    gt_path: str | Path | None = None,
 ) -> SplitPredictions:
-    """A prediction file matched, qid by qid, to the queries of a split; ready for score_predictions.
+    """A prediction file matched, qid by qid, to the queries of a split of `data_yaml`, or of the
+    ground-truth JSON-lines file `gt_path`; ready for score_predictions.
 
     Every query needs exactly one line; unknown and repeated qids, a vid that is not the query's
-    video, and malformed lines are DataErrors naming the file and line. The quantized protocol
-    also reads each video's clip count from the features (capped at data.yaml's max_video_len).
+    video, and malformed lines are DataErrors naming the file and line. Windows keep the file's
+    order (R@k, mIoU) and their scores (mAP ranks by them; a line with a window without a score is
+    ranked in the file's order). The quantized protocol also reads each video's clip count from the
+    features (capped at data.yaml's max_video_len), so it needs `data_yaml`.
     """
     path = Path(path)
-    samples, cfg = split_samples(data_yaml, split, seed)
+    if (data_yaml is None) == (gt_path is None):
+        raise EmtmError("give the ground truth as one of a data.yaml (and a split) and a JSON-lines file")
+    cfg: DataConfig | None = None
+    if gt_path is not None:
+        if protocol == "quantized":
+            raise EmtmError(
+                "the quantized protocol reads each video's clip count from the features: give a data.yaml "
+                "with `features:` instead of a ground-truth file"
+            )
+        samples, _ = read_annotations(gt_path, "jsonl")
+        where = f"the ground-truth file {gt_path}"
+    else:
+        samples, cfg = split_samples(data_yaml, split, seed)
+        where = f"split {split!r} of {data_yaml}"
     by_qid = {s.sample_id: s for s in samples}
     found: dict[str, tuple[int, np.ndarray]] = {}
     for lineno, record in _records(path):
@@ -128,8 +147,8 @@ def read_predictions(
         sample = by_qid.get(key)
         if sample is None:
             raise DataError(
-                f"qid {qid!r} is not a query of split {split!r} of {data_yaml}; is this the right split "
-                "and data.yaml? (qids: see emtm.engine.predictions)",
+                f"qid {qid!r} is not a query of {where}; is this the right ground truth? "
+                "(qids: see emtm.engine.predictions)",
                 path,
                 lineno,
             )
@@ -143,17 +162,18 @@ def read_predictions(
     missing = [s.sample_id for s in samples if s.sample_id not in found]
     if missing:
         raise DataError(
-            f"{len(missing)} of the {len(samples)} queries of split {split!r} have no prediction, e.g. qids "
-            f"{missing[:3]}; a prediction file needs one line per query of the split",
+            f"{len(missing)} of the {len(samples)} queries of {where} have no prediction, e.g. qids "
+            f"{missing[:3]}; a prediction file needs one line per query of the ground truth",
             path,
         )
     n_clips = np.zeros(len(samples), dtype=np.int64)
     if protocol == "quantized":
-        store = open_feature_store(cfg.resolve(cfg.features))
+        store = open_feature_store(cfg.features_path())
         lengths = {v: min(len(store.load(v)), cfg.max_video_len) for v in {s.video_id for s in samples}}
         n_clips = np.array([lengths[s.video_id] for s in samples], dtype=np.int64)
-    windows = [found[s.sample_id][1] for s in samples]
-    return SplitPredictions(windows, [np.zeros(len(w)) for w in windows], samples, n_clips)
+    windows = [found[s.sample_id][1][:, :2] for s in samples]
+    scores = [found[s.sample_id][1][:, 2] for s in samples]
+    return SplitPredictions(windows, scores, samples, n_clips)
 
 
 def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -169,7 +189,8 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def _windows(record: dict[str, Any], path: Path, lineno: int) -> np.ndarray:
-    """(k, 2) seconds, in the file's order (best first)."""
+    """(k, 3): start and end in seconds, in the file's order (best first), and the score; without a
+    score on some window, the scores are -rank (the file's order)."""
     windows = record["pred_relevant_windows"]
     expected = "'pred_relevant_windows' must be a non-empty list of [start, end, score] or [start, end]"
     if not isinstance(windows, list) or not windows:
@@ -182,5 +203,7 @@ def _windows(record: dict[str, Any], path: Path, lineno: int) -> np.ndarray:
         )
         if not ok or window[0] > window[1]:
             raise DataError(f"{expected} with start <= end; window {i} is {window!r}", path, lineno)
-        out.append(window[:2])
-    return np.asarray(out, dtype=np.float64)
+        out.append(window)
+    if all(len(w) == 3 for w in out):
+        return np.asarray(out, dtype=np.float64)
+    return np.asarray([[w[0], w[1], -rank] for rank, w in enumerate(out)], dtype=np.float64)
