@@ -24,24 +24,39 @@ from emtm.extract.video import VideoInfo
 pytest.importorskip("av")
 
 RED = [ShapeEvent("red", "square", 1.0, 2.5)]
-MEAN_RGB = '''
+BACKBONE = '''
 import numpy as np
+import torch
 
 
-class MeanRGB:
-    """Mean colour of each frame in [0, 1]: a 3-d backbone that is cheap and easy to reason about."""
+class Backbone:
+    """{doc}"""
 
-    name = "mean-rgb"
-    dim = 3
-    preprocessing = {"image_size": [16, 16]}
+    name = "{name}"
+    dim = {dim}
+    preprocessing = {{"image_size": [16, 16]}}
 
     def __call__(self, frames):
-        return frames.reshape(len(frames), -1, 3).mean(1).astype(np.float32) / 255
+        return {features}
 
 
 def build():
-    return MeanRGB()
+    return Backbone()
 '''
+# Mean colour of each frame in [0, 1]: a 3-d backbone that is cheap and easy to reason about.
+MEAN_RGB = BACKBONE.format(
+    doc="Mean colour of each frame in [0, 1].",
+    name="mean-rgb",
+    dim=3,
+    features="frames.reshape(len(frames), -1, 3).mean(1).astype(np.float32) / 255",
+)
+# Each frame's feature is the number of intra-op threads torch runs the backbone with.
+THREADS_PROBE = BACKBONE.format(
+    doc="The number of threads torch runs it with.",
+    name="threads-probe",
+    dim=1,
+    features="np.full((len(frames), 1), torch.get_num_threads(), dtype=np.float32)",
+)
 
 
 @pytest.fixture()
@@ -318,3 +333,24 @@ def test_ground_extracts_like_the_model_was_trained_or_refuses(
     lite = random_model(tmp_path / "lite", backbone="efficientnet-lite0@32px", fps=1.0, clip_seconds=1.0)
     assert main(["ground", "--model", str(lite), *query]) == 2
     assert "expects 3-d features, but 'efficientnet-lite0@32px' gives 1280-d" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_extract_threads(tmp_path: Path, threads: int, capsys: pytest.CaptureFixture) -> None:
+    import torch
+
+    probe = tmp_path / "probe.py"
+    probe.write_text(THREADS_PROBE)
+    write_video(tmp_path / "videos" / "a.mp4", RED, duration=2.0, size=16, fps=5)
+    before = torch.get_num_threads()
+    args = ["extract", "--videos", str(tmp_path / "videos"), "--out", str(tmp_path / "f"), "--no-progress"]
+    assert main([*args, "--backbone", f"{probe}:build", "--threads", str(threads)]) == 0
+    assert f"{threads} threads" in capsys.readouterr().out
+    assert np.load(tmp_path / "f" / "a.npy").tolist() == [[threads], [threads]]  # the backbone ran so
+    assert torch.get_num_threads() == before  # and the process's setting is restored
+
+
+def test_extract_threads_must_be_positive(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["extract", "--videos", "v.mp4", "--out", "f", "--threads", "0"])
+    assert "--threads: expected a whole number >= 1, got 0" in capsys.readouterr().err

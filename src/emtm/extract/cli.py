@@ -42,6 +42,12 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--batch-size", type=int, default=32, help="frames per backbone call")
     p.add_argument(
+        "--threads",
+        type=positive_int,
+        help="CPU threads for the backbone (default: torch's choice, one per core); on a busy machine fewer "
+        "can be faster: docs/VIDEO.md, threads",
+    )
+    p.add_argument(
         "--device", choices=["cpu", "cuda", "auto"], default="auto", help="auto: CUDA if available"
     )
     p.add_argument(
@@ -51,24 +57,40 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_extract)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
+    import torch
+
+    from emtm.bench.device import num_threads
     from emtm.cli import print_table
     from emtm.engine.train import resolve_device
     from emtm.extract.backbones import build_backbone
     from emtm.extract.extractor import FEATURES_JSON, extract_videos
 
     device = resolve_device(args.device)
-    backbone = build_backbone(args.backbone, args.weights, device, args.image_size)
-    results = extract_videos(
-        args.videos,
-        args.out,
-        backbone,
-        fps=args.fps,
-        clip_seconds=args.clip_seconds,
-        batch_size=args.batch_size,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
+    with num_threads(args.threads):  # restored afterwards
+        threads = torch.get_num_threads()
+        backbone = build_backbone(args.backbone, args.weights, device, args.image_size)
+        results = extract_videos(
+            args.videos,
+            args.out,
+            backbone,
+            fps=args.fps,
+            clip_seconds=args.clip_seconds,
+            batch_size=args.batch_size,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
     rows = []
     for r in results:
         rec = r.record
@@ -85,7 +107,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
     clip = args.clip_seconds or 1 / args.fps
     print_table(
-        f"{backbone.name} ({backbone.dim}-d), {args.fps:g} fps, {clip:g} s clips, {device}",
+        f"{backbone.name} ({backbone.dim}-d), {args.fps:g} fps, {clip:g} s clips, {device}, "
+        f"{threads} threads",
         ["video", "status", "frames", "clips", "duration (s)", "time (s)"],
         rows,
     )
