@@ -39,9 +39,11 @@ def make_item(
     }
 
 
-def train_tiny_student(data_yaml, out, epochs: int = 1, fold: tuple[int, int] | None = None):
-    """A tiny student (d=32, 4 heads) trained on `data_yaml` for `epochs` epochs into `out`, on one thread
-    (without the train videos of `fold` (i, k) when given)."""
+def train_tiny_student(
+    data_yaml, out, epochs: int = 1, fold: tuple[int, int] | None = None, options: dict | None = None
+):
+    """A tiny student (d=32, 4 heads, plus `options`) trained on `data_yaml` for `epochs` epochs into
+    `out`, on one thread (without the train videos of `fold` (i, k) when given)."""
     from emtm.config import TrainConfig
     from emtm.engine.train import train
 
@@ -49,7 +51,7 @@ def train_tiny_student(data_yaml, out, epochs: int = 1, fold: tuple[int, int] | 
     optim = {"epochs": epochs, "batch_size": 16, "lr": 2e-3} if epochs else {"epochs": 0}
     cfg = TrainConfig(
         data=str(data_yaml),
-        model_options={"d": 32, "n_heads": 4},
+        model_options={"d": 32, "n_heads": 4, **(options or {})},
         optim=optim,
         run={"progress": False, "device": "cpu"},
         fold=fold,

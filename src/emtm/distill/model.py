@@ -49,7 +49,9 @@ class EMTM(SpanModel):
     def __init__(self, config: EMTMConfig, spec: DataSpec):
         super().__init__()
         self.config = config
-        self.encoder = GroundingEncoder(spec, config.d, config.dropout, config.char_dim)
+        self.encoder = GroundingEncoder(
+            spec, config.d, config.dropout, config.char_dim, video_norm=config.video_norm
+        )
         self.head = SpanHead(config.d, spec.max_video_len, config.n_heads, config.dropout)
         if config.isomorphic:
             self.dual = nn.ModuleList(

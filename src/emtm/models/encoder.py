@@ -6,12 +6,15 @@ It is its own module so that the isomorphic teacher of EMTM can share it with th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from emtm.models.base import DataSpec
 from emtm.models.layers import CharCNN, ConvBlock, PositionalEmbedding, WordEmbedding, zero_padding_
+
+VIDEO_NORMS = ("none", "standardize")
 
 
 @dataclass
@@ -23,10 +26,31 @@ class Encoded:
 
 
 class GroundingEncoder(nn.Module):
-    """Word vectors + char-CNN -> d for the query, linear -> d for the video, then one shared conv encoder."""
+    """Word vectors + char-CNN -> d for the query, linear -> d for the video, then one shared conv encoder.
 
-    def __init__(self, spec: DataSpec, d: int, dropout: float, char_dim: int = 50, n_conv: int = 4):
+    video_norm "standardize": each feature dimension is first standardised with the mean and std of the
+    training clips (`fit_inputs`, stored with the weights as video_mean / video_std), so that features
+    with a large shared positive mean (real I3D: any two clips at cosine ~0.8) reach the linear layer
+    centred. "none" (the default, every earlier checkpoint): the features as they are; the LayerNorm
+    after the linear layer already makes the encoder invariant to the overall scale of the features.
+    """
+
+    def __init__(
+        self,
+        spec: DataSpec,
+        d: int,
+        dropout: float,
+        char_dim: int = 50,
+        n_conv: int = 4,
+        video_norm: str = "none",
+    ):
         super().__init__()
+        if video_norm not in VIDEO_NORMS:
+            raise ValueError(f"video_norm must be one of {', '.join(VIDEO_NORMS)}, got {video_norm!r}")
+        self.video_norm = video_norm
+        if video_norm == "standardize":
+            self.register_buffer("video_mean", torch.zeros(spec.video_dim))
+            self.register_buffer("video_std", torch.ones(spec.video_dim))
         self.words = WordEmbedding(spec.word_vectors)
         self.chars = CharCNN(spec.n_chars, char_dim)
         self.word_dropout = nn.Dropout(dropout)
@@ -43,8 +67,26 @@ class GroundingEncoder(nn.Module):
     def encode_query(self, words: Tensor, chars: Tensor, query_mask: Tensor) -> Tensor:
         return self.shared(self.embed_query(words, chars), query_mask)
 
+    def fit_inputs(self, dataset: Any) -> None:
+        """With video_norm "standardize": set video_mean / video_std from the clips of the training
+        set (`emtm.data.stats.clip_mean_std` of a GroundingDataset: every video once, resampled as
+        the model sees it)."""
+        if self.video_norm != "standardize":
+            return
+        from emtm.data.stats import clip_mean_std
+
+        ids = sorted({s.video_id for s in dataset.samples})
+        mean, std = clip_mean_std(dataset.store, ids, dataset.cfg.max_video_len)
+        self.video_mean.copy_(torch.from_numpy(mean))
+        self.video_std.copy_(torch.from_numpy(std))
+
+    def normalize_video(self, video: Tensor) -> Tensor:
+        if self.video_norm == "standardize":
+            return (video - self.video_mean) / self.video_std
+        return video
+
     def encode_video(self, video: Tensor, video_mask: Tensor) -> Tensor:
-        return self.shared(self.video_proj(video), video_mask)
+        return self.shared(self.video_proj(self.normalize_video(video)), video_mask)
 
     def shared(self, x: Tensor, mask: Tensor) -> Tensor:
         return self.conv(zero_padding_(self.pos(x), mask), mask)
@@ -58,7 +100,7 @@ class GroundingEncoder(nn.Module):
         every convolution: no position sees the other side). The same maths, half the kernel launches
         of the shared encoder (at batch 1 the student's latency is the number of its kernels)."""
         query = zero_padding_(self.pos(self.embed_query(words, chars)), query_mask)
-        clips = zero_padding_(self.pos(self.video_proj(video)), video_mask)
+        clips = zero_padding_(self.pos(self.video_proj(self.normalize_video(video))), video_mask)
         batch, n_words, d = query.shape
         gap = self.conv.convs[0].depthwise.kernel_size[0] // 2
         x = torch.cat([query, query.new_zeros(batch, gap, d), clips], 1)

@@ -5,6 +5,8 @@ shared encoder -> context-query attention -> query concat -> sequence matching -
 
 from __future__ import annotations
 
+from typing import Literal
+
 from torch import Tensor, nn
 
 from emtm.models.base import DataSpec, GroundingModel, ModelConfig, Predictions, spans_to_fractions
@@ -22,6 +24,8 @@ class StudentConfig(ModelConfig):
     char_dim: int = 50
     match_ext: int = 2
     match_weight: float = 1.0
+    # "standardize": per-dim input standardisation with training-set statistics (GroundingEncoder)
+    video_norm: Literal["none", "standardize"] = "none"
 
 
 class SpanHead(nn.Module):
@@ -79,7 +83,9 @@ class Student(SpanModel):
     def __init__(self, config: StudentConfig, spec: DataSpec):
         super().__init__()
         self.config = config
-        self.encoder = GroundingEncoder(spec, config.d, config.dropout, config.char_dim)
+        self.encoder = GroundingEncoder(
+            spec, config.d, config.dropout, config.char_dim, video_norm=config.video_norm
+        )
         self.head = SpanHead(config.d, spec.max_video_len, config.n_heads, config.dropout)
 
     @property
