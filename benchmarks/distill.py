@@ -28,10 +28,11 @@ from typing import Any
 import numpy as np
 
 from emtm.config import OptimConfig, apply_overrides, read_mapping
-from emtm.data import synth
+from emtm.data import pixels, synth
 from emtm.engine.ablate import parse_rows, run_ablation, summarise
 from emtm.engine.pipeline import Plan, Stage, run_pipeline
 from emtm.engine.predictions import split_samples
+from emtm.extract.pixel_benchmark import generate_preset
 from emtm.io import write_json, write_markdown_table
 
 DEFAULT_TEACHERS = "seqpan,eamat,proposals,regress"
@@ -77,7 +78,7 @@ def kind_breakdown(
     out: dict[str, dict[str, dict[str, float]]] = {}
     for model, ious in per_query_iou.items():
         out[model] = {}
-        for kind in synth.QUERY_KINDS:
+        for kind in dict.fromkeys([*synth.QUERY_KINDS, *pixels.QUERY_KINDS]):
             values = np.array([iou for qid, iou in ious.items() if kinds[qid] == kind])
             if len(values):
                 out[model][kind] = {
@@ -91,9 +92,19 @@ def kind_breakdown(
 def write_kinds(out: Path, yaml_path: Path, per_query_iou: dict[str, dict[str, float]]) -> None:
     """kinds.json / kinds.md: kind_breakdown of the pipeline's test predictions."""
     samples, _ = split_samples(yaml_path, "test")
-    table = kind_breakdown(per_query_iou, {s.sample_id: synth.query_kind(s.sentence) for s in samples})
+    queries = yaml_path.parent / "queries.json"  # the pixel benchmark says each query's kind
+    if queries.exists():
+        written = json.loads(queries.read_text())["queries"]
+        kinds = {s.sample_id: written[s.sample_id]["kind"] for s in samples}
+    else:
+        kinds = {s.sample_id: synth.query_kind(s.sentence) for s in samples}
+    table = kind_breakdown(per_query_iou, kinds)
     write_json(out / "kinds.json", table)
-    present = [k for k in synth.QUERY_KINDS if any(k in row for row in table.values())]
+    present = [
+        k
+        for k in dict.fromkeys([*synth.QUERY_KINDS, *pixels.QUERY_KINDS])
+        if any(k in row for row in table.values())
+    ]
     counts = {k: next(row[k]["queries"] for row in table.values() if k in row) for k in present}
     columns = ["model"] + [f"{k} ({counts[k]}): R1@0.7 / mIoU" for k in present]
     rows = [
@@ -106,12 +117,15 @@ def write_kinds(out: Path, yaml_path: Path, per_query_iou: dict[str, dict[str, f
 def data_yaml(args: argparse.Namespace, out: Path) -> Path:
     """The benchmark's data in out/data, written once: a re-run (or a second process) reads it as it is."""
     knobs = apply_overrides({}, args.synth_option, "--synth-option", "noise_std=0.25")
-    cfg = None if args.charades else synth.with_overrides(synth.PRESETS[args.preset], knobs, "--synth-option")
+    presets = {**synth.PRESETS, **pixels.PIXEL_PRESETS}
+    cfg = None if args.charades else synth.with_overrides(presets[args.preset], knobs, "--synth-option")
     existing = out / "data" / "data.yaml"
     if existing.exists():
-        written = read_mapping(existing).get("synth", {})
+        written = read_mapping(existing).get("pixels" if args.preset in pixels.PIXEL_PRESETS else "synth", {})
         wanted = asdict(cfg) if cfg else {}
-        default = asdict(synth.SynthConfig())  # a knob added later is absent from older data.yaml files
+        default = (
+            asdict(type(cfg)()) if cfg else {}
+        )  # a knob added later is absent from older data.yaml files
         differ = sorted(k for k in wanted if written.get(k, default[k]) != wanted[k])
         if differ:
             raise SystemExit(
@@ -127,6 +141,8 @@ def data_yaml(args: argparse.Namespace, out: Path) -> Path:
             out / "data",
             durations=folder / "charades_durations.json",
         )
+    if args.preset in pixels.PIXEL_PRESETS:  # real pixels: videos rendered and run through emtm extract
+        return generate_preset(args.preset, out / "data", knobs, device=args.device, threads=args.threads)
     return synth.generate(cfg, out / "data")
 
 
@@ -135,8 +151,9 @@ def main() -> None:
     p.add_argument(
         "--preset",
         default="hard",
-        help="synthetic preset (ignored with --charades); default hard: the first with room for "
-        "distillation, a best teacher 7.6 R1@0.7 above the student alone (docs/RESULTS.md)",
+        help="built-in preset (ignored with --charades); default hard: the first with room for "
+        "distillation, a best teacher 7.6 R1@0.7 above the student alone (docs/RESULTS.md); "
+        "small-pixels and pixels: the real-pixel benchmark",
     )
     p.add_argument(
         "--synth-option",
@@ -170,8 +187,9 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     args = p.parse_args()
-    if not args.charades and args.preset not in synth.PRESETS:
-        p.error(f"unknown --preset {args.preset!r}; choose one of {', '.join(synth.PRESETS)}")
+    if not args.charades and args.preset not in {**synth.PRESETS, **pixels.PIXEL_PRESETS}:
+        names = ", ".join([*synth.PRESETS, *pixels.PIXEL_PRESETS])
+        p.error(f"unknown --preset {args.preset!r}; choose one of {names}")
     out = Path(args.out)
     yaml_path = data_yaml(args, out)
     teacher_optim = OptimConfig(epochs=args.teacher_epochs, lr=args.lr)

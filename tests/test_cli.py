@@ -109,8 +109,10 @@ def test_a_broken_run_directory_is_a_clear_error(tmp_path: Path, capsys: pytest.
 def test_synth_help_names_every_preset_and_an_unknown_one_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    from emtm.data.synth import PRESETS
+    from emtm.data.pixels import PIXEL_PRESETS
+    from emtm.data.synth import PRESETS as SYNTH_PRESETS
 
+    PRESETS = [*SYNTH_PRESETS, *PIXEL_PRESETS]
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     preset = next(a for a in commands.choices["synth"]._actions if a.dest == "preset")
     assert [name for name in PRESETS if name not in preset.help.replace(",", " ").split()] == []

@@ -642,7 +642,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         default="default",
         help="tiny, small, default (Charades-STA size); harder: small-relational, relational (repeated "
-        "events), small-hard, hard (every video repeats an event, more distractors); real pixels: "
+        "events), small-hard, hard (every video repeats an event, more distractors), small-hard-i3d, "
+        "hard-i3d (the same with features shaped like real I3D ones); real pixels: "
         "small-pixels, pixels (Fashion-MNIST photographs in H.264 videos, features by `emtm extract`)",
     )
     p.add_argument(
@@ -913,9 +914,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job on built-in data: synth -> train -> evaluate -> table")
     p.add_argument("--out", default="runs/demo", help="where the demo's runs and results go")
-    p.add_argument(
-        "--data-dir", help="where the built-in benchmark is written (default data/synth-PRESET)"
-    )
+    p.add_argument("--data-dir", help="where the built-in benchmark is written (default data/synth-PRESET)")
     p.add_argument("--preset", default="small", help="synthetic benchmark preset (see emtm synth --help)")
     p.add_argument("--epochs", type=int, default=None, help="epochs for each model (default: the demo's)")
     p.set_defaults(func=cmd_demo)

@@ -249,6 +249,7 @@ def generate_preset(
     real-pixel ones (`PIXEL_PRESETS`); `overrides` change knobs as `emtm synth --set` does."""
     import torch
 
+    from emtm.bench.device import num_threads
     from emtm.data import synth
 
     overrides = dict(overrides or {})
@@ -267,10 +268,5 @@ def generate_preset(
     cfg = synth.with_overrides(PIXEL_PRESETS[preset], overrides)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with num_threads(threads):  # restored afterwards
         return generate_pixels(cfg, out_dir, images, cache, device, progress)
-    finally:
-        torch.set_num_threads(before)
