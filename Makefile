@@ -25,8 +25,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/python -m emtm demo
+# make demo DEMO_PRESET=small-pixels: the same job on the real-pixel benchmark (needs Fashion-MNIST)
+DEMO_PRESET ?= small
+demo: $(STAMP) $(if $(findstring pixels,$(DEMO_PRESET)),debs)
+	$(BIN)/python -m emtm demo --preset $(DEMO_PRESET)
 
 test: $(STAMP) debs
 	$(BIN)/python -m pytest
