@@ -24,7 +24,7 @@ def use_matmul_attention(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-@pytest.mark.parametrize("name", ["student", "student+attn=matmul", "meanpool", "prior"])
+@pytest.mark.parametrize("name", ["student", "student+attn=matmul", "meanpool", "prior", "bigru"])
 def test_outputs_do_not_depend_on_padding(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(name.split("+")[0], model_config(name.split("+")[0]), SPEC).eval()
@@ -93,7 +93,7 @@ def test_student_gradients_reach_every_trainable_parameter() -> None:
 
 
 def test_registry_validates_options() -> None:
-    assert {"student", "prior", "meanpool"} <= set(model_names())
+    assert {"student", "prior", "meanpool", "bigru"} <= set(model_names())
     assert model_config("student", {"d": 64}).d == 64
     with pytest.raises(ConfigError, match="model.dd"):
         model_config("student", {"dd": 64})

@@ -137,7 +137,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default=None,
-        help="student (default), the baselines prior and meanpool, "
+        help="student (default), the baselines prior, meanpool and bigru, "
         "or a teacher: seqpan, eamat, tan2d, proposals, regress",
     )
     p.add_argument("--out", required=True, help="run directory to write")
@@ -414,6 +414,24 @@ def cmd_teachers(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
+def print_sensitivity(sens: dict[str, Any]) -> None:
+    """The two query-sensitivity figures of `emtm evaluate --sensitivity`, as one table."""
+    rows = [
+        ["videos with >= 2 queries", sens["n_videos"]],
+        ["... whose queries get more than one top-1 moment", f"{sens['distinct_top1_share']:.1f}%"],
+        ["... whose queries each get their own top-1 moment", f"{sens['all_distinct_share']:.1f}%"],
+    ]
+    if sens.get("n_swapped"):
+        rows.append(["queries asked again with another sentence of their video", sens["n_swapped"]])
+        for key in ("r1@0.5", "r1@0.7", "miou"):
+            rows.append([
+                f"{key}: own sentence -> swapped (drop)",
+                f"{sens[f'own_{key}']:.2f} -> {sens[f'swapped_{key}']:.2f} ({sens[f'drop_{key}']:+.2f})",
+            ])  # fmt: skip
+    print_table("does the model read the sentence? (a model that listens loses accuracy when swapped)",
+                ["measure", "value"], rows)  # fmt: skip
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from emtm.engine.evaluate import RELATIVE_LABELS, SECONDS_LABELS, clipping_note, evaluation_report
     from emtm.io import write_json
@@ -422,6 +440,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise EmtmError("give one of --run (score a model) and --preds (score a prediction file)")
     if args.gt and not args.preds:
         raise EmtmError("--gt FILE.jsonl is the ground truth of a prediction file: give --preds with it")
+    if args.sensitivity and not args.run:
+        raise EmtmError("--sensitivity asks the model again with swapped sentences: give --run")
     if args.preds:
         from emtm.engine.predictions import read_predictions
 
@@ -456,6 +476,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
         name, source = run.cfg.model, {"run": str(args.run), "model": run.cfg.model}
     metrics = evaluation_report(preds, args.protocol, args.breakdown)
+    if args.sensitivity:
+        from emtm.engine.sensitivity import query_sensitivity
+
+        metrics["sensitivity"] = query_sensitivity(
+            run.model, dataset, preds, eval_cfg, device, args.batch_size, args.seed
+        )
     metrics.update(split=args.split, **source)
     split = "gt" if args.gt else args.split
 
@@ -472,6 +498,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     if clipping_note(metrics):
         print(clipping_note(metrics))
+    if "sensitivity" in metrics:
+        print_sensitivity(metrics["sensitivity"])
     if args.json:
         write_json(args.json, metrics)
         print(f"wrote {args.json}")
@@ -643,7 +671,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="default",
         help="tiny, small, default (Charades-STA size); harder: small-relational, relational (repeated "
         "events), small-hard, hard (every video repeats an event, more distractors), small-hard-i3d, "
-        "hard-i3d (the same with features shaped like real I3D ones); real pixels: "
+        "hard-i3d (the same with features shaped like real I3D ones); unseen (a held-out shift: I3D-like, "
+        "512-d, longer videos and moments, never used to choose defaults); real pixels: "
         "small-pixels, pixels (Fashion-MNIST photographs in H.264 videos, features by `emtm extract`)",
     )
     p.add_argument(
@@ -847,6 +876,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also report moments by length: relative to the video (< 1/3, 1/3-2/3, > 2/3) and in "
         "seconds as the Moment-DETR evaluator (<= 10, 10-30, 30-150 s)",
+    )
+    p.add_argument(
+        "--sensitivity",
+        action="store_true",
+        help="with --run: does the model read the sentence? The share of videos whose queries get "
+        "different top-1 moments, and the accuracy when each query is swapped for another of its video",
     )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")

@@ -23,7 +23,7 @@ def register(name: str) -> Callable[[type[GroundingModel]], type[GroundingModel]
 
 def _ensure_loaded() -> None:
     # Importing the modules registers their models.
-    from emtm.models import baselines, eamat, proposals, regress, seqpan, student, tan2d  # noqa: F401
+    from emtm.models import baselines, bigru, eamat, proposals, regress, seqpan, student, tan2d  # noqa: F401
 
 
 def model_names() -> list[str]:

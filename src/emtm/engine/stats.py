@@ -1,0 +1,64 @@
+"""Uncertainty for results over seeds: mean with a 95% t interval, and paired differences.
+
+"A beats B" needs a paired 95% CI that excludes 0: `paired_difference(a, b)` pairs run i of A with
+run i of B (same seed, same data) and gives the mean difference with its t interval.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+# Two-sided 95% quantiles of Student's t, df = 1..30 (any statistics table).
+_T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+_Z975 = 1.959964
+
+
+def t975(df: int) -> float:
+    """The 97.5% quantile of Student's t with `df` degrees of freedom (table to 30, then the
+    Cornish-Fisher expansion z + (z^3 + z) / (4 df), within 0.001 of the exact value)."""
+    if df < 1:
+        raise ValueError(f"need df >= 1, got {df}")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    return _Z975 + (_Z975**3 + _Z975) / (4 * df)
+
+
+def mean_ci(values: Sequence[float]) -> dict[str, float]:
+    """mean, std (ddof 1), the 95% t half-width `ci` (nan for one value) and `n`."""
+    x = np.asarray(values, dtype=np.float64)
+    n = len(x)
+    if n == 0:
+        raise ValueError("no values")
+    std = float(x.std(ddof=1)) if n > 1 else float("nan")
+    ci = t975(n - 1) * std / math.sqrt(n) if n > 1 else float("nan")
+    return {"mean": float(x.mean()), "std": std, "ci": ci, "n": n}
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """`mean_ci` of a_i - b_i, and `excludes_zero`: whether the 95% interval lies on one side of 0."""
+    if len(a) != len(b):
+        raise ValueError(f"paired values need equal counts, got {len(a)} and {len(b)}")
+    diff = mean_ci(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
+    diff["excludes_zero"] = bool(diff["n"] > 1 and abs(diff["mean"]) > diff["ci"])
+    return diff
+
+
+def ci_text(stat: dict[str, float], digits: int = 2) -> str:
+    """'mean ± ci' (the 95% half-width), or the mean alone for one value."""
+    if stat["n"] < 2:
+        return f"{stat['mean']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f} ± {stat['ci']:.{digits}f}"
+
+
+def verdict(diff: dict[str, float], a: str = "A", b: str = "B") -> str:
+    """'A beats B', 'B beats A' or 'within noise', from a `paired_difference`."""
+    if not diff.get("excludes_zero"):
+        return "within noise"
+    return f"{a} beats {b}" if diff["mean"] > 0 else f"{b} beats {a}"
