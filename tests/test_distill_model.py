@@ -6,6 +6,7 @@ import torch
 
 import emtm.distill.model  # noqa: F401  (registers "emtm")
 from emtm.data.dataset import collate
+from emtm.distill.unify import span_to_dist
 from emtm.models.registry import build_model, model_config
 from helpers import make_item
 from test_models import SPEC
@@ -67,3 +68,47 @@ def test_inference_runs_the_student_only_and_exports_a_plain_student() -> None:
     student.load_state_dict(exported, strict=True)
     with torch.no_grad():
         torch.testing.assert_close(student(batch)["start_logits"], outputs["start_logits"])
+
+
+def test_alignment_compares_the_two_heads_states_at_equal_depth(monkeypatch) -> None:
+    import emtm.distill.model as distill_model
+
+    torch.manual_seed(0)
+    model = build_model("emtm", model_config("emtm", {**OPTIONS, "align_weight": 1.0}), SPEC).train()
+    batch = batch_with_teachers()
+    outputs = model(batch)
+    seen, original = {}, distill_model.hidden_alignment
+
+    def spy(student, teacher, mask):
+        seen.update(student=student, teacher=teacher)
+        return original(student, teacher, mask)
+
+    monkeypatch.setattr(distill_model, "hidden_alignment", spy)
+    model.loss(outputs, batch)
+    # Both are the states each head's predictor reads, not the encoder's output (the teacher's input).
+    assert seen["student"] is outputs["fused"] and seen["teacher"] is outputs["iso_fused"]
+    enc = model.encoder(batch)
+    assert seen["student"].shape == seen["teacher"].shape == enc.video.shape
+    assert "fused" not in model.eval()(batch), "inference outputs are unchanged"
+
+
+def test_live_isomorphic_teacher_is_read_in_eval_mode() -> None:
+    torch.manual_seed(0)
+    options = {**OPTIONS, "iso_in_kau": True, "dropout": 0.5}
+    model = build_model("emtm", model_config("emtm", options), SPEC).train()
+    batch = batch_with_teachers()
+    first = model.teacher_distributions(batch)[:, -1]
+    second = model.teacher_distributions(batch)[:, -1]
+    torch.testing.assert_close(first, second)  # dropout at 0.5 would make them differ
+    assert model.training, "the train mode is restored"
+    with torch.no_grad():
+        iso = model.eval().isomorphic(model.encoder(batch))
+    model.train()
+    logits = (iso["iso_start_logits"], iso["iso_end_logits"])
+    expected = span_to_dist(*logits, batch["video_mask"], model.config.temperature)
+    torch.testing.assert_close(first[:, 0], expected[0])
+    torch.testing.assert_close(first[:, 1], expected[1])
+
+
+def test_default_kd_weight_is_the_papers_setting_as_a_batch_mean() -> None:
+    assert model_config("emtm").kd_weight == 3.2

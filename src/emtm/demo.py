@@ -30,7 +30,7 @@ from emtm.io import write_json, write_markdown_table
 DEMO_EPOCHS = 8
 # KD weight of the demo's EMTM student, chosen on the validation split among the paper's variants
 # (benchmarks/distill_variants.py on the demo's teachers, docs/RESULTS.md): 3.2 = 0.1 x 32, the method's
-# 0.1 on a batch-summed KL at this batch size. The config default stays the method's 0.1 (emtm-method.md).
+# 0.1 on a batch-summed KL at this batch size, and the config default (emtm.distill.model).
 DEMO_KD_WEIGHT = 3.2
 DEMO_TEACHERS: dict[str, tuple[int, dict[str, Any]]] = {
     "seqpan": (DEMO_EPOCHS, {"d": 128}),

@@ -103,8 +103,7 @@ class TeacherView:
         model = self.run.model.eval()
         enc = model.encoder(batch)
         student = model.head(enc.video, enc.query, enc.video_mask, enc.query_mask)
-        iso = model.isomorphic(enc) if model.config.iso_in_kau and model.config.isomorphic else {}
-        dists = model.teacher_distributions(iso, batch)
+        dists = model.teacher_distributions(batch)
         if not hasattr(model, "kau"):
             k = dists.shape[1]
             return student, torch.full((len(enc.video), k, 2), 1.0 / k, device=enc.video.device), dists

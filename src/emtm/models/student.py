@@ -38,12 +38,19 @@ class SpanHead(nn.Module):
         self.matching = SequenceMatching(d)
         self.predictor = ConditionedPredictor(d, max_len, n_heads, dropout)
 
-    def forward(self, video: Tensor, query: Tensor, v_mask: Tensor, q_mask: Tensor) -> dict[str, Tensor]:
+    def forward(
+        self, video: Tensor, query: Tensor, v_mask: Tensor, q_mask: Tensor, states: bool = False
+    ) -> dict[str, Tensor]:
+        """Start/end and matching logits; with `states`, also the fused clip states the predictor
+        reads (`fused`, (B, L, d)): the head's last hidden states, for a hidden-state alignment."""
         fused = self.cq_attention(video, query, v_mask, q_mask)
         fused = self.cq_concat(fused, query, v_mask, q_mask)
         fused, match_logits = self.matching(fused, v_mask)
         start_logits, end_logits = self.predictor(fused, v_mask)
-        return {"start_logits": start_logits, "end_logits": end_logits, "match_logits": match_logits}
+        out = {"start_logits": start_logits, "end_logits": end_logits, "match_logits": match_logits}
+        if states:
+            out["fused"] = fused
+        return out
 
 
 class SpanModel(GroundingModel):
