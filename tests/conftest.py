@@ -6,8 +6,14 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
+from emtm.config import TrainConfig, load_data_config
 from emtm.data import synth
+from emtm.data.dataset import prepare
+from emtm.data.records import Sample
+from emtm.distill.cache import export_teacher
+from emtm.engine.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ANNOTATIONS = REPO.parent / "shared" / "data" / "annotations"
@@ -30,3 +36,33 @@ def load_benchmark() -> Callable[[str], ModuleType]:
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny synthetic benchmark, written once per test session; returns its data.yaml."""
     return synth.generate(synth.PRESETS["tiny"], tmp_path_factory.mktemp("tiny"), progress=False)
+
+
+# Teacher-cache fixtures, shared by the cache and calibration tests.
+@pytest.fixture(scope="session")
+def teacher_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1-epoch tiny student run, standing in for a teacher."""
+    torch.set_num_threads(1)
+    cfg = TrainConfig(
+        data=str(tiny_data),
+        model="student",
+        model_options={"d": 32, "n_heads": 4},
+        optim={"epochs": 1, "batch_size": 16, "lr": 2e-3},
+        run={"progress": False, "device": "cpu"},
+    )
+    run_dir = tmp_path_factory.mktemp("teacher") / "run"
+    train(cfg, run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def cache_path(teacher_run: Path, tiny_data: Path) -> Path:
+    return export_teacher(teacher_run, tiny_data, "train", teacher_run / "cache.h5", progress=False)
+
+
+@pytest.fixture(scope="session")
+def split(tiny_data: Path) -> tuple[list[Sample], dict[str, int]]:
+    """The train samples and the student grid length of each (all tiny videos are shorter than 64)."""
+    prepared = prepare(load_data_config(tiny_data), 0, ("train",))
+    samples = prepared.splits["train"].samples
+    return samples, {s.sample_id: len(prepared.store.load(s.video_id)) for s in samples}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from emtm.config import TrainConfig, load_data_config
+from emtm.config import load_data_config
 from emtm.data.annotations import annotation_hash
 from emtm.data.dataset import GroundingDataset, collate, prepare
 from emtm.data.grid import time_to_index
@@ -26,39 +26,9 @@ from emtm.distill.cache import (
 )
 from emtm.distill.unify import unify
 from emtm.engine.checkpoint import load_run
-from emtm.engine.train import train
 from emtm.errors import DataError
 from emtm.models.student import Student
 from helpers import write_jsonl
-
-
-@pytest.fixture(scope="module")
-def teacher_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 1-epoch tiny student run, standing in for a teacher."""
-    torch.set_num_threads(1)
-    cfg = TrainConfig(
-        data=str(tiny_data),
-        model="student",
-        model_options={"d": 32, "n_heads": 4},
-        optim={"epochs": 1, "batch_size": 16, "lr": 2e-3},
-        run={"progress": False, "device": "cpu"},
-    )
-    run_dir = tmp_path_factory.mktemp("teacher") / "run"
-    train(cfg, run_dir)
-    return run_dir
-
-
-@pytest.fixture(scope="module")
-def cache_path(teacher_run: Path, tiny_data: Path) -> Path:
-    return export_teacher(teacher_run, tiny_data, "train", teacher_run / "cache.h5", progress=False)
-
-
-@pytest.fixture(scope="module")
-def split(tiny_data: Path) -> tuple[list[Sample], dict[str, int]]:
-    """The train samples and the student grid length of each (all tiny videos are shorter than 64)."""
-    prepared = prepare(load_data_config(tiny_data), 0, ("train",))
-    samples = prepared.splits["train"].samples
-    return samples, {s.sample_id: len(prepared.store.load(s.video_id)) for s in samples}
 
 
 def copy_data(tiny_data: Path, dest: Path) -> Path:

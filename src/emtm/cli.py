@@ -386,29 +386,31 @@ def cmd_teachers(args: argparse.Namespace) -> int:
             raise EmtmError("emtm teachers export needs --run: the trained teacher's run directory")
         path = export_teacher(
             args.run, args.data, args.split, args.out, temperature=args.temperature, sigma_frac=args.sigma,
-            device=args.device, progress=not args.no_progress,
+            device=args.device, progress=not args.no_progress, calibrate=not args.no_calibrate,
         )  # fmt: skip
     else:
         path = import_outputs(
             args.format, args.input, args.data, args.split, args.out, teacher_name=args.name,
-            temperature=args.temperature, sigma_frac=args.sigma,
+            temperature=args.temperature, sigma_frac=args.sigma, calibrate_on=args.calibrate_on,
+            calibrate_split=args.calibrate_split,
         )  # fmt: skip
     with TeacherCache(path) as cache:
         meta = cache.meta
         print_table(
             f"teacher cache {path}",
-            ["teacher", "form", "split", "queries", "temperature", "out-of-fold", "source"],
+            ["teacher", "form", "split", "queries", "temperature", "sigma", "out-of-fold", "source"],
             [
                 [
-                    meta.teacher,
-                    meta.output_form,
-                    meta.split,
-                    len(cache),
-                    meta.temperature,
-                    f"{meta.folds} folds" if meta.folds else "no",
-                    meta.source,
+                    meta.teacher, meta.output_form, meta.split, len(cache), f"{meta.temperature:.3g}",
+                    f"{meta.sigma_frac:.3g}", f"{meta.folds} folds" if meta.folds else "no", meta.source,
                 ]
-            ],  # fmt: skip
+            ],
+        )  # fmt: skip
+    if meta.calibration:
+        c = meta.calibration
+        print(
+            f"calibrated on {c['n_queries']} held-out {c['split']} queries: {c['parameter']} = "
+            f"{c['value']:.3g}, hard loss {c['held_out_loss']:.3f} (at the default: {c['default_loss']:.3f})"
         )
     return 0
 
@@ -754,9 +756,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--in", dest="input", help="import: .npz or .jsonl file (layouts: emtm.distill.cache docs)"
     )
     p.add_argument("--name", help="import: teacher name recorded in the cache")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of the unification")
     p.add_argument(
-        "--sigma", type=float, default=0.05, help="Gaussian width for proposals/regression (video fraction)"
+        "--temperature",
+        type=float,
+        help="softmax temperature of span and 2D-map teachers (default: fitted on held-out queries on "
+        "export, or with --calibrate-on on import; else 1)",
+    )
+    p.add_argument(
+        "--sigma",
+        type=float,
+        help="Gaussian width of proposal and regression teachers, a fraction of the video (default: "
+        "fitted as --temperature; else 0.05)",
+    )
+    p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="export: do not fit the temperature or sigma on the run's validation queries (T = 1, 0.05)",
+    )
+    p.add_argument(
+        "--calibrate-on",
+        help="import: the same teacher's outputs on held-out queries (same format), to fit its "
+        "temperature or sigma on",
+    )
+    p.add_argument(
+        "--calibrate-split", default="val", help="import: the split whose queries --calibrate-on holds"
     )
     p.add_argument(
         "--device", choices=["cpu", "cuda", "auto"], default="auto", help="export: where the teacher runs"

@@ -73,6 +73,7 @@ from emtm.data.annotations import annotation_hash, json_lines, short_repr
 from emtm.data.dataset import GroundingDataset, collate, in_fold, prepare
 from emtm.data.features import NPY_READ_ERRORS, FeatureStore
 from emtm.data.records import Sample
+from emtm.distill.calibrate import DEFAULTS, HeldOutChunk, fit_calibration, parameter_of, truth_indices
 from emtm.distill.unify import unify
 from emtm.engine.checkpoint import LoadedRun, load_run
 from emtm.engine.evaluate import to_device
@@ -107,6 +108,9 @@ class CacheMeta:
     created: str  # ISO 8601, UTC
     version: int = CACHE_VERSION
     folds: int = 0  # k of an out-of-fold cache (every entry from the run that did not see it), else 0
+    # The fitted calibration (emtm.distill.calibrate.Calibration as a dict: parameter, value, held-out
+    # loss at it and at the default, queries, split), or None when the options were given or defaulted.
+    calibration: dict[str, Any] | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,12 +350,13 @@ def export_teacher(
     data_yaml: PathLike,
     split: str = "train",
     out: PathLike | None = None,
-    temperature: float = 1.0,
-    sigma_frac: float = 0.05,
+    temperature: float | None = None,
+    sigma_frac: float | None = None,
     map_reduce: str = "sum",
     batch_size: int = 64,
     device: str = "cpu",
     progress: bool = True,
+    calibrate: bool = False,
 ) -> Path:
     """Run the teacher of a run directory over `split` and cache its unified outputs (default
     RUN/teacher_SPLIT.h5). Given the k runs of one out-of-fold set (`emtm train --fold i/k`), each
@@ -359,10 +364,13 @@ def export_teacher(
 
     The teacher sees the split on its own grid (its run's max_video_len, vocabulary and query limits); its
     outputs are unified onto the student grid of the data.yaml (min(T, max_video_len) clips).
+
+    With `calibrate`, the teacher's own temperature (span, 2D map) or sigma (proposals, regression) is
+    fitted on the validation queries its run held out (`emtm.distill.calibrate`) unless it is given
+    here; the fit is recorded in the cache's metadata. Otherwise T = 1 and sigma = 0.05 by default.
     """
     from emtm.engine.train import resolve_device  # here, so the training loop may import this module
 
-    _check_options(temperature, sigma_frac, map_reduce)
     run_dirs = [run_dirs] if isinstance(run_dirs, str | os.PathLike) else list(run_dirs)
     torch_device = resolve_device(device)
     runs = [load_run(run_dir, device=torch_device) for run_dir in run_dirs]
@@ -370,10 +378,19 @@ def export_teacher(
     folds = _check_fold_set(runs, split)
     if folds:
         _check_trained_on(runs, data)
+    form = runs[0].model.output_form
     options = {"temperature": temperature, "sigma_frac": sigma_frac, "map_reduce": map_reduce}
+    calibration = None
+    if calibrate and options[parameter_of(form)] is None:
+        chunks = _held_out_chunks(runs[0], data_yaml, torch_device, batch_size, progress)
+        calibration = fit_calibration(form, chunks, map_reduce)
+        options[calibration.parameter] = calibration.value
+    options = {k: DEFAULTS.get(k) if v is None else v for k, v in options.items()}
+    _check_options(**options)
     source = " ".join(str(Path(r).resolve()) for r in run_dirs)
-    meta = data.meta(runs[0].cfg.model, runs[0].model.output_form, source, options)
+    meta = data.meta(runs[0].cfg.model, form, source, options)
     meta.folds = folds
+    meta.calibration = calibration.to_dict() if calibration else None
 
     def entries() -> Iterator[tuple[str, np.ndarray]]:
         for run in runs:
@@ -429,16 +446,8 @@ def _check_trained_on(runs: list[LoadedRun], data: _Split) -> None:
             )
 
 
-def _run_entries(
-    run: LoadedRun,
-    data: _Split,
-    samples: list[Sample],
-    options: dict[str, Any],
-    device: torch.device,
-    batch_size: int,
-    progress: bool,
-) -> Iterator[tuple[str, np.ndarray]]:
-    """One run's unified outputs on `samples` of `data`, on its own grid and vocabulary."""
+def _teacher_dataset(run: LoadedRun, data: _Split, samples: list[Sample]) -> GroundingDataset:
+    """`samples` of `data` as the run's teacher sees them: its own grid, vocabulary and query limits."""
     if data.store.dim != run.spec.video_dim:
         raise DataError(
             f"teacher {run.run_dir} was trained on {run.spec.video_dim}-dim features, but the features of "
@@ -452,25 +461,40 @@ def _run_entries(
             "max_word_chars": run.spec.max_word_chars,
         }
     )
-    dataset = GroundingDataset(samples, data.store, run.vocab, teacher_cfg)
-    same_grid = run.spec.max_video_len == data.cfg.max_video_len
-    student_lengths = None if same_grid else data.grid_lengths(samples)
-    yield from _teacher_entries(run.model, dataset, student_lengths, options, device, batch_size, progress)
+    return GroundingDataset(samples, data.store, run.vocab, teacher_cfg)
 
 
-def _teacher_entries(
-    model: GroundingModel,
-    dataset: GroundingDataset,
-    student_lengths: dict[str, int] | None,
+def _run_entries(
+    run: LoadedRun,
+    data: _Split,
+    samples: list[Sample],
     options: dict[str, Any],
     device: torch.device,
     batch_size: int,
     progress: bool,
 ) -> Iterator[tuple[str, np.ndarray]]:
-    """(sample_id, (2, n)) per sample: teacher forward pass in eval mode, unified onto the student grid.
+    """One run's unified outputs on `samples` of `data`, on its own grid and vocabulary."""
+    dataset = _teacher_dataset(run, data, samples)
+    same_grid = run.spec.max_video_len == data.cfg.max_video_len
+    student_lengths = None if same_grid else data.grid_lengths(samples)
+    for batch_samples, native, src_mask, dst_mask in _teacher_batches(
+        run.model, dataset, student_lengths, device, batch_size, progress
+    ):
+        with torch.inference_mode():
+            start, end = unify(run.model.output_form, native, dst_mask, src_mask=src_mask, **options)
+        yield from zip((s.sample_id for s in batch_samples), _rows(start, end, dst_mask))
 
-    student_lengths None means the student grid is the teacher's (the batch's video_mask).
-    """
+
+def _teacher_batches(
+    model: GroundingModel,
+    dataset: GroundingDataset,
+    student_lengths: dict[str, int] | None,
+    device: torch.device,
+    batch_size: int,
+    progress: bool,
+) -> Iterator[tuple[list[Sample], dict[str, Tensor], Tensor, Tensor]]:
+    """(samples, native outputs, teacher grid mask, student grid mask) per batch: the teacher's forward
+    pass in eval mode. student_lengths None means the student grid is the teacher's (the video_mask)."""
     model.eval()
     loader = DataLoader(
         dataset,
@@ -488,9 +512,30 @@ def _teacher_entries(
                 dst_mask = src_mask
             else:
                 dst_mask = _lengths_mask([student_lengths[s.video_id] for s in samples]).to(device)
-            start, end = unify(model.output_form, native, dst_mask, src_mask=src_mask, **options)
-            rows = _rows(start, end, dst_mask)
-        yield from zip((s.sample_id for s in samples), rows)
+        yield samples, native, src_mask, dst_mask
+
+
+def _held_out_chunks(
+    run: LoadedRun, data_yaml: PathLike, device: torch.device, batch_size: int, progress: bool
+) -> list[HeldOutChunk]:
+    """The run's teacher outputs on the validation queries it held out (the data.yaml's val split, or
+    the seeded hold-out of its train split), with their ground truth on the student grid."""
+    cfg = load_data_config(data_yaml)
+    prepared = prepare(cfg, run.cfg.run.seed, names=("train", "val"), fold=run.cfg.fold)
+    samples = prepared.splits["val"].samples
+    if not samples:
+        raise DataError("calibration needs held-out queries, and the validation split is empty", data_yaml)
+    val = _Split(Path(data_yaml), cfg, "val", samples, prepared.store, cfg.split_path("train"))
+    dataset = _teacher_dataset(run, val, samples)
+    lengths = val.grid_lengths(samples)
+    chunks = []
+    for batch_samples, native, src_mask, dst_mask in _teacher_batches(
+        run.model, dataset, lengths, device, batch_size, progress
+    ):
+        cpu = {k: v.cpu() if isinstance(v, Tensor) else v for k, v in native.items()}
+        start, end = truth_indices(batch_samples, [lengths[s.video_id] for s in batch_samples])
+        chunks.append(HeldOutChunk(cpu, src_mask.cpu(), dst_mask.cpu(), start, end))
+    return chunks
 
 
 # --------------------------------------------------------------------------------------------
@@ -504,34 +549,29 @@ def import_outputs(
     split: str,
     out: PathLike,
     teacher_name: str | None = None,
-    temperature: float = 1.0,
-    sigma_frac: float = 0.05,
+    temperature: float | None = None,
+    sigma_frac: float | None = None,
     map_reduce: str = "sum",
     allow_missing: bool = False,
+    calibrate_on: PathLike | None = None,
+    calibrate_split: str = "val",
 ) -> Path:
     """Cache a file of native outputs (`fmt` in IMPORT_FORMATS) for `split`; returns `out`.
 
     teacher_name defaults to the file's stem. With allow_missing, samples absent from the file are simply
-    not cached (`sample_id in cache` is False for them).
+    not cached (`sample_id in cache` is False for them). With `calibrate_on`, a file of the same teacher's
+    outputs on held-out queries (those of `calibrate_split`: the data.yaml's val split, or its seeded
+    hold-out), the temperature or sigma not given here is fitted on them (`emtm.distill.calibrate`).
     """
     if fmt not in IMPORT_FORMATS:
         raise ConfigError(
             f"unknown teacher output format {fmt!r}; expected one of {', '.join(IMPORT_FORMATS)}"
         )
-    _check_options(temperature, sigma_frac, map_reduce)
-    in_path = Path(in_path)
-    suffix = ".npz" if fmt in ("span", "2dmap") else ".jsonl"
-    if not in_path.is_file():
-        raise DataError(
-            f"teacher output file does not exist (format {fmt!r} expects a {suffix} file)", in_path
-        )
-    if in_path.suffix.lower() != suffix:
-        raise DataError(f"format {fmt!r} expects a {suffix} file (layouts: emtm.distill.cache)", in_path)
+    in_path = _checked_output_file(fmt, in_path)
     data = _read_split(data_yaml, split)
     by_id = {s.sample_id: s for s in data.samples}
     where = f"split {split!r} of {data_yaml}"
-    readers = {"span": _read_span, "2dmap": _read_map, "proposals": _read_proposals}
-    records = readers.get(fmt, _read_regression)(in_path, by_id, where)
+    records = _READERS.get(fmt, _read_regression)(in_path, by_id, where)
     missing = [s.sample_id for s in data.samples if s.sample_id not in records]
     if missing and not allow_missing:
         raise DataError(
@@ -540,10 +580,54 @@ def import_outputs(
             in_path,
         )
     options = {"temperature": temperature, "sigma_frac": sigma_frac, "map_reduce": map_reduce}
+    calibration = None
+    if calibrate_on is not None and options[parameter_of(fmt)] is None:
+        chunks = _imported_held_out(fmt, _checked_output_file(fmt, calibrate_on), data_yaml, calibrate_split)
+        calibration = fit_calibration(fmt, chunks, map_reduce, calibrate_split)
+        options[calibration.parameter] = calibration.value
+    options = {k: DEFAULTS.get(k) if v is None else v for k, v in options.items()}
+    _check_options(**options)
     meta = data.meta(teacher_name or in_path.stem, fmt, in_path.resolve(), options)
+    meta.calibration = calibration.to_dict() if calibration else None
     video_len = data.grid_lengths([by_id[sid] for sid in records])
     lengths = {sid: video_len[by_id[sid].video_id] for sid in records}
     return _write_cache(out, meta, _imported_entries(fmt, records, lengths, options))
+
+
+def _checked_output_file(fmt: str, path: PathLike) -> Path:
+    """`path` when it is a file with the extension `fmt` is read from, else a DataError saying which."""
+    path = Path(path)
+    suffix = ".npz" if fmt in ("span", "2dmap") else ".jsonl"
+    if not path.is_file():
+        raise DataError(f"teacher output file does not exist (format {fmt!r} expects a {suffix} file)", path)
+    if path.suffix.lower() != suffix:
+        raise DataError(f"format {fmt!r} expects a {suffix} file (layouts: emtm.distill.cache)", path)
+    return path
+
+
+def _imported_held_out(fmt: str, path: Path, data_yaml: PathLike, split: str) -> list[HeldOutChunk]:
+    """Imported outputs on held-out queries (every query of `split` found in the file), in chunks with
+    their ground truth on the student grid, for calibration."""
+    cfg = load_data_config(data_yaml)
+    names = ("train", "val") if split == "val" else (split,)
+    prepared = prepare(cfg, seed=0, names=names)
+    if split not in prepared.splits:
+        raise DataError(f"split {split!r} not found in {data_yaml} (it has {', '.join(cfg.splits)})")
+    samples = prepared.splits[split].samples
+    by_id = {s.sample_id: s for s in samples}
+    records = _READERS.get(fmt, _read_regression)(path, by_id, f"held-out split {split!r} of {data_yaml}")
+    if not records:
+        raise DataError(f"no query of split {split!r} of {data_yaml} is in this file", path)
+    held = _Split(Path(data_yaml), cfg, split, samples, prepared.store, cfg.split_path("train"))
+    video_len = held.grid_lengths([by_id[sid] for sid in records])
+    ids, chunks = list(records), []
+    for begin in range(0, len(ids), _CHUNK):
+        chunk = [by_id[sid] for sid in ids[begin : begin + _CHUNK]]
+        lengths = [video_len[s.video_id] for s in chunk]
+        native, src_mask = _native_batch(fmt, [records[s.sample_id] for s in chunk])
+        start, end = truth_indices(chunk, lengths)
+        chunks.append(HeldOutChunk(native, src_mask, _lengths_mask(lengths), start, end))
+    return chunks
 
 
 def _imported_entries(
@@ -801,3 +885,6 @@ def _read_regression(path: Path, by_id: dict[str, Sample], where: str) -> dict[s
         }
         for lineno, sample, record in _read_jsonl(path, by_id, where, ("window",))
     }
+
+
+_READERS = {"span": _read_span, "2dmap": _read_map, "proposals": _read_proposals}
