@@ -5,10 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emtm.distill.kau import KnowledgeAggregation, ensemble
+import emtm.distill.model  # noqa: F401  (registers "emtm")
+from emtm.distill.kau import KnowledgeAggregation, ensemble, reliability_features
 from emtm.distill.losses import ensemble_hard_loss, kd_loss
 from emtm.models.layers import masked_softmax
 from emtm.models.losses import smoothed_boundary_targets
+from emtm.models.registry import build_model, model_config
+from test_distill_model import OPTIONS, batch_with_teachers
+from test_models import SPEC
 
 
 def inputs(seed: int = 0, b: int = 3, length: int = 12, n: int = 5, d: int = 16):
@@ -88,3 +92,47 @@ def test_ensemble_hard_loss_trains_the_kau_weights() -> None:
         loss.backward()
         optimizer.step()
     assert (kau(video, query, video_mask, query_mask)[:, 0] > 0.9).all(), "weight moves to the right teacher"
+
+
+def test_a_kau_with_a_floor_cannot_collapse() -> None:
+    torch.manual_seed(0)
+    kau = KnowledgeAggregation(16, 3, hidden=8, floor=0.3)
+    with torch.no_grad():
+        kau.head[-1].bias.copy_(torch.tensor([50.0, 50.0, -50.0, -50.0, -50.0, -50.0]))  # all on teacher 0
+    video, mask = torch.randn(2, 9, 16), torch.ones(2, 9, dtype=torch.bool)
+    w = kau(video, torch.randn(2, 4, 16), mask, torch.ones(2, 4, dtype=torch.bool))
+    assert (w >= 0.1 - 1e-6).all(), "each of 3 teachers keeps at least floor / K"
+    torch.testing.assert_close(w.sum(1), torch.ones(2, 2))
+    paper = KnowledgeAggregation(16, 3, hidden=8)
+    paper.load_state_dict(kau.state_dict())
+    assert paper(video, torch.randn(2, 4, 16), mask, torch.ones(2, 4, dtype=torch.bool))[:, 1:].max() < 1e-6
+
+
+def test_reliability_features_read_certainty_and_agreement() -> None:
+    mask = torch.ones(1, 10, dtype=torch.bool)
+    sharp = torch.zeros(10)
+    sharp[3] = 1.0
+    uniform = torch.full((10,), 0.1)
+    dists = torch.stack([sharp, sharp, uniform])[None, :, None, :].expand(1, 3, 2, 10)
+    f = reliability_features(dists, mask)  # (1, 3, 2, 3): entropy, peak, agreement
+    assert f.shape == (1, 3, 2, 3)
+    assert f[0, 0, 0, 0] == pytest.approx(0.0, abs=1e-6) and f[0, 2, 0, 0] == pytest.approx(1.0, abs=1e-5)
+    assert f[0, 0, 0, 1] == pytest.approx(1.0) and f[0, 2, 0, 1] == pytest.approx(0.1)
+    assert f[0, 0, 0, 2] > f[0, 2, 0, 2], "the two sharp teachers agree with each other more"
+
+
+def test_soft_target_entropy_and_stop_gradient_variants() -> None:
+    torch.manual_seed(0)
+    variant = {"kau_floor": 0.1, "kau_entropy": 0.1, "kau_soft_target": 1.0, "kau_reliability": True}
+    model = build_model("emtm", model_config("emtm", {**OPTIONS, **variant}), SPEC).train()
+    batch = batch_with_teachers()
+    outputs = model(batch)
+    loss, parts = model.loss(outputs, batch)
+    assert {"kau_entropy", "kau_target"} <= set(parts) and torch.isfinite(loss)
+    loss.backward()
+    assert model.kau.head[-1].weight.grad.abs().sum() > 0
+    detached = build_model("emtm", model_config("emtm", {**OPTIONS, "kau_detach": True}), SPEC).train()
+    out = detached(batch)
+    ensemble_hard_loss(out["ens_start"], out["ens_end"], batch).backward()  # trains the KAU only
+    assert detached.kau.head[-1].weight.grad.abs().sum() > 0
+    assert detached.encoder.video_proj[1].weight.grad is None, "no KAU gradient reaches the encoder"

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emtm.distill.kau import KnowledgeAggregation, ensemble
-from emtm.distill.losses import ensemble_hard_loss, kd_loss
+from emtm.distill.losses import distribution_ce_per_query, ensemble_hard_loss, kd_loss
 from emtm.distill.unify import span_to_dist
 from emtm.models.base import DataSpec
 from emtm.models.encoder import Encoded, GroundingEncoder
@@ -37,6 +37,12 @@ class EMTMConfig(StudentConfig):
     per_clip_weights: bool = False
     iso_in_kau: bool = False  # add the isomorphic teacher's live outputs as one more KAU teacher
     kau_hidden: int = 32
+    # KAU variants (docs/RESULTS.md, the aggregation study); all off is the paper's KAU.
+    kau_floor: float = 0.0  # weights floor / K + (1 - floor) softmax: no teacher's weight reaches 0
+    kau_entropy: float = 0.0  # weight of an entropy bonus on the KAU's weights (against collapse)
+    kau_soft_target: float = 0.0  # > 0: also fit the weights to softmax(-CE_k / this), as CA-MKD does
+    kau_reliability: bool = False  # the KAU also reads each teacher's entropy, peak and agreement
+    kau_detach: bool = False  # stop the KAU's gradient at the shared encoder
     temperature: float = 1.0
     kd_weight: float = 3.2  # the paper's batch-summed 0.1 as a batch mean at B = 32 (docstring)
     iso_weight: float = 1.0
@@ -64,7 +70,10 @@ class EMTM(SpanModel):
             self.iso_head = SpanHead(config.d, spec.max_video_len, config.n_heads, config.dropout)
         n_kau = config.n_teachers + (1 if config.iso_in_kau and config.isomorphic else 0)
         if n_kau and config.use_kau:
-            self.kau = KnowledgeAggregation(config.d, n_kau, config.kau_hidden, config.per_clip_weights)
+            self.kau = KnowledgeAggregation(
+                config.d, n_kau, config.kau_hidden, config.per_clip_weights, config.kau_floor,
+                config.kau_reliability,
+            )  # fmt: skip
 
     @property
     def match_embeddings(self) -> Tensor:
@@ -81,13 +90,21 @@ class EMTM(SpanModel):
         teacher_dists = self.teacher_distributions(batch)
         if teacher_dists is not None:
             if hasattr(self, "kau"):
-                weights = self.kau(enc.video, enc.query, enc.video_mask, enc.query_mask)
+                weights = self.weigh(enc, teacher_dists)
             else:
                 k = teacher_dists.shape[1]
                 weights = torch.full((teacher_dists.shape[0], k, 2), 1.0 / k, device=teacher_dists.device)
-            outputs["kau_weights"] = weights
+            outputs["kau_weights"], outputs["teacher_dists"] = weights, teacher_dists
             outputs["ens_start"], outputs["ens_end"] = ensemble(teacher_dists, weights, enc.video_mask)
         return outputs
+
+    def weigh(self, enc: Encoded, teacher_dists: Tensor) -> Tensor:
+        """The KAU's teacher weights for these encoded samples (with kau_detach, on states that pass no
+        gradient back to the shared encoder)."""
+        video, query = (
+            (enc.video.detach(), enc.query.detach()) if self.config.kau_detach else (enc.video, enc.query)
+        )
+        return self.kau(video, query, enc.video_mask, enc.query_mask, teacher_dists)
 
     def isomorphic(self, enc: Encoded, states: bool = False) -> dict[str, Tensor]:
         """The isomorphic teacher on the shared encoder's states: its head's outputs, prefixed iso_
@@ -141,7 +158,31 @@ class EMTM(SpanModel):
             )
             total = total + cfg.ensemble_weight * ens + cfg.kd_weight * kd
             parts.update(ensemble=ens.item(), kd=kd.item())
+            if hasattr(self, "kau") and (cfg.kau_entropy or cfg.kau_soft_target):
+                total = total + self.kau_terms(outputs, batch, parts)
         return total, parts
+
+    def kau_terms(
+        self, outputs: dict[str, Tensor], batch: dict[str, Tensor], parts: dict[str, float]
+    ) -> Tensor:
+        """The KAU's own extra losses: minus an entropy bonus, and the KL from the CA-MKD soft target
+        softmax(-CE_k / tau) (CE_k: teacher k's hard loss on this sample and boundary) to its weights."""
+        cfg, w = self.config, outputs["kau_weights"]
+        if w.dim() == 4:  # per clip: the mean over each sample's valid clips
+            keep = batch["video_mask"][:, :, None, None].to(w.dtype)
+            w = (w * keep).sum(1) / keep.sum(1)
+        log_w = w.clamp_min(1e-12).log()
+        extra = w.new_zeros(())
+        if cfg.kau_entropy:
+            entropy = -(w * log_w).sum(1).mean()
+            extra = extra - cfg.kau_entropy * entropy
+            parts["kau_entropy"] = entropy.item()
+        if cfg.kau_soft_target:
+            target = torch.softmax(-teacher_losses(outputs["teacher_dists"], batch) / cfg.kau_soft_target, 1)
+            kl = (target * (target.clamp_min(1e-12).log() - log_w)).sum(1).mean()
+            extra = extra + kl
+            parts["kau_target"] = kl.item()
+        return extra
 
     def student_state_dict(self) -> dict[str, Tensor]:
         """The weights of a plain `student` model: no teacher branch, no KAU."""
@@ -153,3 +194,19 @@ def hidden_alignment(student_states: Tensor, teacher_states: Tensor, mask: Tenso
     depth (each head's last hidden states, the input of its predictor); the teacher's are detached."""
     per_clip = F.mse_loss(student_states, teacher_states.detach(), reduction="none").mean(-1)
     return (per_clip * mask).sum() / mask.sum().clamp_min(1)
+
+
+def teacher_losses(teacher_dists: Tensor, batch: dict[str, Tensor]) -> Tensor:
+    """(B, K, 2): each teacher's hard loss (soft-target CE against the smoothed boundary) per boundary."""
+    mask = batch["video_mask"]
+    per_boundary = [
+        torch.stack(
+            [
+                distribution_ce_per_query(teacher_dists[:, k, j], batch[key], mask)
+                for k in range(teacher_dists.shape[1])
+            ],
+            1,
+        )
+        for j, key in enumerate(("start_index", "end_index"))
+    ]
+    return torch.stack(per_boundary, -1).detach()

@@ -22,7 +22,8 @@ from emtm.data.records import Sample
 from emtm.distill.cache import TeacherCache
 from emtm.distill.data import TeacherDataset, collate_with_teachers
 from emtm.distill.kau import ensemble
-from emtm.distill.losses import distribution_ce_per_query, ensemble_hard_loss_per_query
+from emtm.distill.losses import ensemble_hard_loss_per_query
+from emtm.distill.model import teacher_losses
 from emtm.engine.checkpoint import LoadedRun, load_run
 from emtm.engine.evaluate import to_device
 from emtm.errors import EmtmError
@@ -107,7 +108,7 @@ class TeacherView:
         if not hasattr(model, "kau"):
             k = dists.shape[1]
             return student, torch.full((len(enc.video), k, 2), 1.0 / k, device=enc.video.device), dists
-        weights = model.kau(enc.video, enc.query, enc.video_mask, enc.query_mask)
+        weights = model.weigh(enc, dists)
         if weights.dim() == 4:  # (B, L, K, 2) per clip
             keep = enc.video_mask[:, :, None, None].to(weights.dtype)
             weights = (weights * keep).sum(1) / keep.sum(1)
@@ -165,13 +166,7 @@ class TeacherView:
             _, w, dists = self.weigh(batch)
             mask = batch["video_mask"]
             k = dists.shape[1]
-            per_teacher = [
-                torch.stack(
-                    [distribution_ce_per_query(dists[:, t, j], batch[key], mask) for t in range(k)], 1
-                )
-                for j, key in enumerate(("start_index", "end_index"))
-            ]
-            losses.append(torch.stack(per_teacher, -1))  # (B, K, 2)
+            losses.append(teacher_losses(dists, batch))  # (B, K, 2)
             weights.append(w)
             for name, mix in (("KAU weights", w), ("plain mean", torch.full_like(w, 1.0 / k))):
                 ens[name].append(ensemble_hard_loss_per_query(*ensemble(dists, mix, mask), batch))
