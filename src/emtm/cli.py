@@ -297,7 +297,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     except TrainingStopped as stop:
         raise stop.rerun("emtm ablate") from None
     print_table(
-        f"ablation, test split, {args.seeds} seed(s), mean ± std", SUMMARY_COLUMNS, summary_rows(state)
+        f"ablation, test split, {args.seeds} seed(s): mean ± 95% CI; paired differences (* excludes 0)",
+        SUMMARY_COLUMNS,
+        summary_rows(state),
     )
     print(
         f"wrote {Path(args.out) / 'ablation.md'}, ablation.json (finished rows are kept on re-run) and "
@@ -795,7 +797,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="data.yaml")
     p.add_argument("--teachers", nargs="+", required=True, help="teacher caches (.h5)")
     p.add_argument("--out", default="runs/ablation", help="folder for runs, ablation.json and ablation.md")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per row")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=5,
+        help="seeds per row (5: enough for a paired 95%% CI to mean something)",
+    )
     p.add_argument(
         "--rows",
         help="row numbers to run, e.g. 1,3,5 (1 alone, 2 single teachers, 3 mean, "

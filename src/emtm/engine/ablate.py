@@ -1,4 +1,5 @@
-"""The paper's ablation table (`emtm ablate`): each row trained over several seeds, mean ± std.
+"""The paper's ablation table (`emtm ablate`): each row trained over several seeds, mean ± 95% CI, with
+paired differences against the student alone and the best single teacher.
 
 Rows: 1 student alone; 2 student + each single teacher; 3 + the mean of the teachers; 4 + KAU; 5 + KAU
 and the shared encoder (full EMTM); 6 full EMTM with 1..K teachers; 7 full EMTM with d in {32, 64, 128}.
@@ -27,6 +28,7 @@ from emtm.distill.model import EMTMConfig
 from emtm.engine.checkpoint import LoadedRun, load_run
 from emtm.engine.evaluate import evaluate
 from emtm.engine.pipeline import finished, train_step
+from emtm.engine.stats import ci_text, mean_ci, paired_difference
 from emtm.engine.train import resolve_device
 from emtm.errors import EmtmError
 from emtm.io import atomic_path, claim, lock_file, write_json, write_markdown_table
@@ -42,22 +44,27 @@ class Row:
     teachers: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
     group: int = 1  # the row's number in the paper's ablation (module docstring), for --rows
+    key: str = ""  # the stable name in ablation_summary.json: student, single:<teacher>, mean, kau, emtm, ...
 
 
 def ablation_rows(teachers: list[str], dims: tuple[int, ...] = (32, 64, 128)) -> Iterator[Row]:
+    """The rows in the paper's order; each has a display name and a stable key (`Row.key`)."""
     names = [Path(t).stem for t in teachers]
-    yield Row("student alone", "student", group=1)
+    yield Row("student alone", "student", group=1, key="student")
     for path, name in zip(teachers, names):
-        yield Row(f"student + {name}", "emtm", [path], dict(DISTILL_ONLY), group=2)
+        yield Row(f"student + {name}", "emtm", [path], dict(DISTILL_ONLY), group=2, key=f"single:{name}")
     if len(teachers) > 1:
-        yield Row("student + mean of teachers", "emtm", teachers, dict(DISTILL_ONLY), group=3)
-    yield Row("student + KAU", "emtm", teachers, {"isomorphic": False}, group=4)
-    yield Row("student + KAU + shared encoder (EMTM)", "emtm", teachers, group=5)
+        yield Row("student + mean of teachers", "emtm", teachers, dict(DISTILL_ONLY), group=3, key="mean")
+    yield Row("student + KAU", "emtm", teachers, {"isomorphic": False}, group=4, key="kau")
+    yield Row("student + KAU + shared encoder (EMTM)", "emtm", teachers, group=5, key="emtm")
     for k in range(1, len(teachers)):
-        yield Row(f"EMTM, {k} teacher(s): {', '.join(names[:k])}", "emtm", teachers[:k], group=6)
+        yield Row(
+            f"EMTM, {k} teacher(s): {', '.join(names[:k])}", "emtm", teachers[:k], group=6,
+            key=f"emtm:teachers={'+'.join(names[:k])}",
+        )  # fmt: skip
     for d in dims:
         if d != 128:
-            yield Row(f"EMTM, d={d}", "emtm", teachers, {"d": d}, group=7)
+            yield Row(f"EMTM, d={d}", "emtm", teachers, {"d": d}, group=7, key=f"emtm:d={d}")
 
 
 def run_ablation(
@@ -115,9 +122,13 @@ def _run_ablation(
                 "options to resume"
             )
         state["emtm_options"] = emtm_options
+        all_rows = list(ablation_rows([str(Path(t).resolve()) for t in teachers]))
+        for row in all_rows:  # states written before rows had stable keys get them
+            if row.name in state["rows"]:
+                state["rows"][row.name]["key"] = row.key
     dev = resolve_device(device)
     elsewhere = []
-    for row in ablation_rows([str(Path(t).resolve()) for t in teachers]):
+    for row in all_rows:
         if rows and row.group not in rows:
             continue
         for seed in range(seeds):
@@ -150,6 +161,7 @@ def _run_ablation(
                 print(f"  {row.name}, seed {seed}: test R1@0.7 {r1:.2f}, mIoU {miou:.2f}", flush=True)
                 with locked_state(out) as state:
                     results = state["rows"].setdefault(row.name, {"seeds": {}})
+                    results["key"] = row.key
                     results["seeds"][str(seed)] = metrics
                     if same is not None:
                         results.setdefault("runs", {})[str(seed)] = str(Path(same).resolve())
@@ -244,32 +256,96 @@ def mean_std_text(values: list[float]) -> str:
     return stat_text(mean_std(values), len(values))
 
 
+def with_ci(values: list[float]) -> dict[str, Any]:
+    """`mean_std` plus the 95% t half-width `ci` (None for one seed) and `n`."""
+    stat = mean_ci(values)
+    return {**mean_std(values), "ci": None if stat["n"] < 2 else stat["ci"], "n": stat["n"]}
+
+
 def summarise(results: dict[str, Any]) -> dict[str, Any]:
     seeds = list(results["seeds"].values())
-    summary = {"n_seeds": len(seeds), "params": results.get("params"), "gflops": results.get("gflops")}
+    summary = {
+        "key": results.get("key", ""),
+        "n_seeds": len(seeds),
+        "params": results.get("params"),
+        "gflops": results.get("gflops"),
+    }
     for key in REPORTED:
-        summary[key] = mean_std([s[key] for s in seeds])
+        summary[key] = with_ci([s[key] for s in seeds])
     return summary
 
 
-SUMMARY_COLUMNS = ["row", *REPORTED, "params (M)", "GFLOPs/query", "seeds"]
+def paired(a: dict[str, Any], b: dict[str, Any], key: str = "r1@0.7") -> dict[str, Any] | None:
+    """Paired difference a - b of `key` over the seeds both rows finished (None with fewer than 2)."""
+    common = sorted(set(a["seeds"]) & set(b["seeds"]), key=int)
+    if len(common) < 2:
+        return None
+    diff = paired_difference([a["seeds"][s][key] for s in common], [b["seeds"][s][key] for s in common])
+    return {**diff, "seeds": [int(s) for s in common]}
+
+
+def comparisons(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per row, its paired R1@0.7 and mIoU differences against the student alone (`vs_student`) and
+    against the best single-teacher row by mean R1@0.7 (`vs_best_single`, naming it)."""
+    rows = {name: r for name, r in state["rows"].items() if r["seeds"]}
+    student = rows.get("student alone")
+    singles = {n: r for n, r in rows.items() if r.get("key", "").startswith("single:")}
+    best = max(singles, key=lambda n: summarise(singles[n])["r1@0.7"]["mean"], default=None)
+    out = {}
+    for name, results in rows.items():
+        entry: dict[str, Any] = {}
+        for label, other in (("vs_student", student), ("vs_best_single", rows.get(best) if best else None)):
+            if other is not None and other is not results:
+                entry[label] = {k: paired(results, other, k) for k in ("r1@0.7", "miou")}
+                if label == "vs_best_single":
+                    entry[label]["row"] = best
+        out[name] = entry
+    return out
+
+
+def diff_text(diff: dict[str, Any] | None) -> str:
+    """'+1.20 ± 0.71 *' (the paired mean and 95% half-width; * when the interval excludes 0), or ''."""
+    if not diff:
+        return ""
+    return f"{diff['mean']:+.2f} ± {diff['ci']:.2f}{' *' if diff['excludes_zero'] else ''}"
+
+
+SUMMARY_COLUMNS = [
+    "row",
+    *REPORTED,
+    "params (M)",
+    "GFLOPs/query",
+    "seeds",
+    "R1@0.7 - student",
+    "R1@0.7 - best single",
+]
 
 
 def summary_rows(state: dict[str, Any]) -> list[list[Any]]:
-    """One table row per finished ablation row: metrics as mean ± std over seeds."""
-    rows = []
+    """One table row per finished ablation row: metrics as mean ± 95% CI over seeds, and the paired
+    R1@0.7 difference against the student alone and the best single teacher (* where it excludes 0)."""
+    rows, versus = [], comparisons(state)
     for name, results in state["rows"].items():
         if results["seeds"]:
             s = summarise(results)
-            cells = [stat_text(s[k], s["n_seeds"]) for k in REPORTED]
-            rows.append([name, *cells, f"{s['params'] / 1e6:.3f}", f"{s['gflops']:.3f}", s["n_seeds"]])
+            cells = [ci_text({**s[k], "ci": s[k]["ci"] or 0.0}) for k in REPORTED]
+            v = versus.get(name, {})
+            rows.append([
+                name, *cells, f"{s['params'] / 1e6:.3f}", f"{s['gflops']:.3f}", s["n_seeds"],
+                diff_text(v.get("vs_student", {}).get("r1@0.7")),
+                diff_text(v.get("vs_best_single", {}).get("r1@0.7")),
+            ])  # fmt: skip
     return rows
 
 
 def write_report(out: Path, state: dict[str, Any]) -> None:
-    summaries = {name: summarise(r) for name, r in state["rows"].items() if r["seeds"]}
+    versus = comparisons(state)
+    summaries = {
+        name: {**summarise(r), **versus.get(name, {})} for name, r in state["rows"].items() if r["seeds"]
+    }
     write_json(out / "ablation_summary.json", summaries)
-    write_markdown_table(out / "ablation.md", SUMMARY_COLUMNS, summary_rows(state))
+    title = "ablation, test split: mean ± 95% CI over seeds; differences paired over seeds (* CI excludes 0)"
+    write_markdown_table(out / "ablation.md", SUMMARY_COLUMNS, summary_rows(state), title=title)
     plot_curves(out, state)
 
 

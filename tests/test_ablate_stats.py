@@ -1,0 +1,43 @@
+"""The ablation summary's statistics: 95% CIs and paired differences against the right baselines."""
+
+from __future__ import annotations
+
+import pytest
+
+from emtm.engine.ablate import comparisons, summarise, summary_rows
+
+
+def row(key: str, r17: list[float]) -> dict:
+    seeds = {str(i): dict.fromkeys(("r1@0.3", "r1@0.5", "r1@0.7", "miou"), v) for i, v in enumerate(r17)}
+    return {"key": key, "params": 1e5, "gflops": 0.1, "seeds": seeds}
+
+
+STATE = {
+    "rows": {
+        "student alone": row("student", [20.0, 21.0, 19.0, 22.0, 20.0]),
+        "student + a": row("single:a", [23.0, 24.0, 22.0, 25.0, 23.5]),
+        "student + b": row("single:b", [21.0, 22.0, 20.0, 22.0, 21.0]),
+        "student + KAU + shared encoder (EMTM)": row("emtm", [24.0, 24.5, 23.0, 25.5, 23.0]),
+    }
+}
+
+
+def test_rows_carry_their_95_percent_interval() -> None:
+    s = summarise(STATE["rows"]["student alone"])  # mean 20.4, std 1.1402, t(4) = 2.776
+    assert s["key"] == "student" and s["n_seeds"] == 5
+    assert s["r1@0.7"]["mean"] == pytest.approx(20.4)
+    assert s["r1@0.7"]["ci"] == pytest.approx(2.776 * 1.140175 / 5**0.5, abs=1e-5)
+
+
+def test_paired_differences_against_the_student_and_the_best_single_teacher() -> None:
+    versus = comparisons(STATE)
+    emtm = versus["student + KAU + shared encoder (EMTM)"]
+    assert emtm["vs_best_single"]["row"] == "student + a"  # a's mean 23.5 beats b's 21.2
+    to_student = emtm["vs_student"]["r1@0.7"]  # differences 4, 3.5, 4, 3.5, 3: mean 3.6
+    assert to_student["mean"] == pytest.approx(3.6) and to_student["excludes_zero"]
+    to_best = emtm["vs_best_single"]["r1@0.7"]  # differences 1, 0.5, 1, 0.5, -0.5: mean 0.5
+    assert to_best["mean"] == pytest.approx(0.5) and not to_best["excludes_zero"]
+    assert "vs_student" not in versus["student alone"]
+    table = {r[0]: r for r in summary_rows(STATE)}
+    assert table["student + KAU + shared encoder (EMTM)"][-2].endswith("*")
+    assert not table["student + KAU + shared encoder (EMTM)"][-1].endswith("*")
