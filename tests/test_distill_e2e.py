@@ -120,8 +120,24 @@ def test_ablation_table_is_produced_and_resumable(tiny_data: Path, tmp_path: Pat
         "EMTM, 1 teacher(s): regress",
         "EMTM, d=32",
         "EMTM, d=64",
+        "student + smoothed ground truth (no teacher)",
+        "student + best global weights (fitted on validation)",
     ]
     assert all(row["n_seeds"] == 2 and row["gflops"] > 0 and row["params"] > 0 for row in summary.values())
+    keys = [row["key"] for row in summary.values()]
+    assert keys[:3] == ["student", "single:regress", "single:seqpan"] and keys[-2:] == [
+        "gt-smooth",
+        "fixed-best",
+    ]
+    assert summary["student + KAU"]["vs_student"]["r1@0.7"]["seeds"] == [0, 1]
+    assert summary["student + KAU"]["vs_best_single"]["row"] in ("student + regress", "student + seqpan")
+    for seed in (0, 1):  # fixed-best: weights fitted on that seed's validation queries, per boundary
+        config = json.loads((out / "student---best-global-weights--fitted-on-validation" / f"seed{seed}"
+                             / "config.json").read_text())["train"]  # fmt: skip
+        weights = config["model_options"]["fixed_weights"]
+        assert len(weights) == 2 and all(abs(sum(col) - 1) < 1e-3 for col in zip(*weights))
+    gt = json.loads((out / "student---smoothed-ground-truth--no-teacher" / "seed0" / "config.json").read_text())
+    assert gt["train"]["teachers"] == [] and gt["train"]["model_options"]["gt_smooth"] == 0.05
     assert summary["EMTM, d=32"]["params"] < summary["student alone"]["params"]
     table = (out / "ablation.md").read_text()
     assert "±" in table and "student + KAU + shared encoder (EMTM)" in table
@@ -151,8 +167,8 @@ def test_summary_rows_show_a_spread_only_over_several_seeds() -> None:
         }
     }
     one, two = summary_rows(state)
-    assert one[0] == "one seed" and one[3] == "30.00" and one[-1] == 1  # no "± 0.00" for one seed
-    assert two[3] == "32.00 ± 2.83" and two[-1] == 2  # sample std, ddof 1
+    assert one[0] == "one seed" and one[3] == "30.00" and one[-3] == 1  # no "± 0.00" for one seed
+    assert two[3] == "32.00 ± 25.41" and two[-3] == 2  # 95% CI: t(1) 12.706 x std 2.83 / sqrt(2)
 
 
 def test_ablation_rows_are_numbered_as_in_the_paper() -> None:
@@ -164,8 +180,18 @@ def test_ablation_rows_are_numbered_as_in_the_paper() -> None:
     assert groups["student + mean of teachers"] == 3 and groups["student + KAU"] == 4
     assert groups["student + KAU + shared encoder (EMTM)"] == 5
     assert groups["EMTM, 1 teacher(s): a"] == 6 and groups["EMTM, d=32"] == 7
-    assert parse_rows("1,3,5") == {1, 3, 5} and parse_rows(None) is None
-    for bad in ("1,x", "0,8"):
+    assert groups["student + smoothed ground truth (no teacher)"] == 8
+    assert groups["student + best global weights (fitted on validation)"] == 9
+    assert "student + mean of calibrated teachers" not in groups
+    calibrated = {row.key: row for row in ablation_rows(["a.h5", "b.h5"], calibrated=["ca.h5", "cb.h5"])}
+    assert calibrated["calibrated-mean"].group == 10 and calibrated["calibrated-mean"].teachers == [
+        "ca.h5",
+        "cb.h5",
+    ]
+    assert (
+        parse_rows("1,3,5") == {1, 3, 5} and parse_rows("8,9,10") == {8, 9, 10} and parse_rows(None) is None
+    )
+    for bad in ("1,x", "0,11"):
         with pytest.raises(EmtmError, match="--rows"):
             parse_rows(bad)
 

@@ -293,6 +293,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             Path(args.data), args.teachers, Path(args.out), args.seeds, args.epochs, args.lr, args.device,
             parse_rows(args.rows), apply_overrides({}, args.emtm_option, "--emtm-option", "kd_weight=3.2"),
             threads=args.threads, reuse=[Path(r) for r in args.reuse], progress=not args.no_progress,
+            calibrated=args.calibrated,
         )  # fmt: skip
     except TrainingStopped as stop:
         raise stop.rerun("emtm ablate") from None
@@ -805,8 +806,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--rows",
-        help="row numbers to run, e.g. 1,3,5 (1 alone, 2 single teachers, 3 mean, "
-        "4 KAU, 5 full EMTM, 6 teacher count, 7 width; default all)",
+        help="row numbers to run, e.g. 1,3,5 (1 alone, 2 single teachers, 3 mean, 4 KAU, 5 full EMTM, "
+        "6 teacher count, 7 width; controls: 8 smoothed ground truth, 9 best global weights, 10 mean of "
+        "--calibrated teachers; default all)",
+    )
+    p.add_argument(
+        "--calibrated",
+        nargs="+",
+        default=[],
+        help="the same teachers' caches exported with calibration, for row 10 (calibrated mean)",
     )
     p.add_argument("--epochs", type=int, default=20, help="epochs per run")
     p.add_argument("--lr", type=float, default=1e-3)

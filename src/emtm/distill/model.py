@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import model_validator
 from torch import Tensor, nn
 
 from emtm.distill.kau import KnowledgeAggregation, ensemble
 from emtm.distill.losses import distribution_ce_per_query, ensemble_hard_loss, kd_loss
-from emtm.distill.unify import span_to_dist
+from emtm.distill.unify import regression_to_dist, span_to_dist
 from emtm.models.base import DataSpec
 from emtm.models.encoder import Encoded, GroundingEncoder
 from emtm.models.losses import boundary_loss, matching_loss
@@ -43,6 +44,28 @@ class EMTMConfig(StudentConfig):
     kau_soft_target: float = 0.0  # > 0: also fit the weights to softmax(-CE_k / this), as CA-MKD does
     kau_reliability: bool = False  # the KAU also reads each teacher's entropy, peak and agreement
     kau_detach: bool = False  # stop the KAU's gradient at the shared encoder
+    # Controls for the ablation: global teacher weights instead of the KAU or the mean (with use_kau
+    # False), one [start, end] pair per teacher, e.g. fitted on validation (emtm.distill.mixtures); and a
+    # teacher-free KD target, the ground truth smoothed by a Gaussian of this width (a fraction of the
+    # video), appended as one more "teacher": label smoothing at the KD weight, no dark knowledge.
+    fixed_weights: list[tuple[float, float]] | None = None
+    gt_smooth: float = 0.0
+
+    @model_validator(mode="after")
+    def _check_controls(self) -> EMTMConfig:
+        if self.fixed_weights is not None:
+            if self.use_kau:
+                raise ValueError("fixed_weights replace the KAU: set use_kau to false with them")
+            if any(w < 0 for pair in self.fixed_weights for w in pair) or not all(
+                sum(col) > 0 for col in zip(*self.fixed_weights)
+            ):
+                raise ValueError("fixed_weights must be >= 0 with a positive sum for start and for end")
+        if self.gt_smooth < 0:
+            raise ValueError(f"gt_smooth must be >= 0, got {self.gt_smooth}")
+        if self.gt_smooth and self.use_kau and self.n_teachers:
+            raise ValueError("gt_smooth is a teacher-free control: set use_kau to false with it")
+        return self
+
     temperature: float = 1.0
     kd_weight: float = 3.2  # the paper's batch-summed 0.1 as a batch mean at B = 32 (docstring)
     iso_weight: float = 1.0
@@ -92,11 +115,20 @@ class EMTM(SpanModel):
             if hasattr(self, "kau"):
                 weights = self.weigh(enc, teacher_dists)
             else:
-                k = teacher_dists.shape[1]
-                weights = torch.full((teacher_dists.shape[0], k, 2), 1.0 / k, device=teacher_dists.device)
+                weights = self.global_weights(teacher_dists)
             outputs["kau_weights"], outputs["teacher_dists"] = weights, teacher_dists
             outputs["ens_start"], outputs["ens_end"] = ensemble(teacher_dists, weights, enc.video_mask)
         return outputs
+
+    def global_weights(self, teacher_dists: Tensor) -> Tensor:
+        """(B, K, 2) weights without a KAU: `fixed_weights` normalised per boundary, else the mean."""
+        b, k = teacher_dists.shape[:2]
+        if self.config.fixed_weights is None:
+            return torch.full((b, k, 2), 1.0 / k, device=teacher_dists.device)
+        w = torch.tensor(self.config.fixed_weights, dtype=teacher_dists.dtype, device=teacher_dists.device)
+        if w.shape != (k, 2):
+            raise ValueError(f"fixed_weights has {len(w)} [start, end] pairs for {k} teachers")
+        return (w / w.sum(0, keepdim=True)).expand(b, k, 2)
 
     def weigh(self, enc: Encoded, teacher_dists: Tensor) -> Tensor:
         """The KAU's teacher weights for these encoded samples (with kau_detach, on states that pass no
@@ -133,6 +165,10 @@ class EMTM(SpanModel):
         if self.config.iso_in_kau and self.config.isomorphic:
             start_logits, end_logits = self.live_teacher_logits(batch)
             start, end = span_to_dist(start_logits, end_logits, batch["video_mask"], self.config.temperature)
+            dists.append(torch.stack([start, end], 1).unsqueeze(1))
+        if self.config.gt_smooth:
+            window = torch.stack([batch["start_frac"], batch["end_frac"]], -1).float()
+            start, end = regression_to_dist(window, batch["video_mask"], self.config.gt_smooth)
             dists.append(torch.stack([start, end], 1).unsqueeze(1))
         return torch.cat(dists, 1) if dists else None
 

@@ -3,6 +3,9 @@ paired differences against the student alone and the best single teacher.
 
 Rows: 1 student alone; 2 student + each single teacher; 3 + the mean of the teachers; 4 + KAU; 5 + KAU
 and the shared encoder (full EMTM); 6 full EMTM with 1..K teachers; 7 full EMTM with d in {32, 64, 128}.
+Controls: 8 KD toward the Gaussian-smoothed ground truth (no teacher: how much is label smoothing);
+9 the best global teacher weights, fitted on each seed's validation queries; 10 the mean of
+calibrated teachers (given as `calibrated` caches, `emtm teachers export` with calibration).
 Resumable: every finished (row, seed) is stored in ablation.json and never recomputed, and a run
 stopped part-way continues from its last checkpoint. Parallel: any number of `emtm ablate` processes
 may share one --out folder; each (row, seed) is trained by whichever process locks it first (an OS
@@ -24,6 +27,7 @@ from emtm.bench.device import num_threads
 from emtm.bench.flops import count_parameters, flops_per_query
 from emtm.config import TrainConfig, validate
 from emtm.data.dataset import split_dataset
+from emtm.distill.mixtures import fit_global_weights, validation_dists
 from emtm.distill.model import EMTMConfig
 from emtm.engine.checkpoint import LoadedRun, load_run
 from emtm.engine.evaluate import evaluate
@@ -35,6 +39,8 @@ from emtm.io import atomic_path, claim, lock_file, write_json, write_markdown_ta
 
 REPORTED = ("r1@0.3", "r1@0.5", "r1@0.7", "miou")
 DISTILL_ONLY = {"isomorphic": False, "use_kau": False}
+GT_SMOOTH_SIGMA = 0.05  # the gt-smooth control's Gaussian width: the proposals/regression default
+N_ROWS = 10
 
 
 @dataclass
@@ -47,7 +53,9 @@ class Row:
     key: str = ""  # the stable name in ablation_summary.json: student, single:<teacher>, mean, kau, emtm, ...
 
 
-def ablation_rows(teachers: list[str], dims: tuple[int, ...] = (32, 64, 128)) -> Iterator[Row]:
+def ablation_rows(
+    teachers: list[str], dims: tuple[int, ...] = (32, 64, 128), calibrated: list[str] | None = None
+) -> Iterator[Row]:
     """The rows in the paper's order; each has a display name and a stable key (`Row.key`)."""
     names = [Path(t).stem for t in teachers]
     yield Row("student alone", "student", group=1, key="student")
@@ -65,6 +73,19 @@ def ablation_rows(teachers: list[str], dims: tuple[int, ...] = (32, 64, 128)) ->
     for d in dims:
         if d != 128:
             yield Row(f"EMTM, d={d}", "emtm", teachers, {"d": d}, group=7, key=f"emtm:d={d}")
+    # Controls: label smoothing at the KD weight (no teacher), and the best global teacher weights.
+    gt = {**DISTILL_ONLY, "gt_smooth": GT_SMOOTH_SIGMA}
+    yield Row("student + smoothed ground truth (no teacher)", "emtm", [], gt, group=8, key="gt-smooth")
+    if len(teachers) > 1:
+        yield Row(
+            "student + best global weights (fitted on validation)", "emtm", teachers, dict(DISTILL_ONLY),
+            group=9, key="fixed-best",
+        )  # fmt: skip
+    if calibrated and len(calibrated) > 1:
+        yield Row(
+            "student + mean of calibrated teachers", "emtm", calibrated, dict(DISTILL_ONLY), group=10,
+            key="calibrated-mean",
+        )  # fmt: skip
 
 
 def run_ablation(
@@ -80,6 +101,7 @@ def run_ablation(
     threads: int | None = None,
     reuse: Sequence[Path] = (),
     progress: bool = True,
+    calibrated: Sequence[str] = (),
 ) -> tuple[dict[str, Any], list[str]]:
     """Train and evaluate every ablation row (or only the row numbers in `rows`) over `seeds` seeds.
 
@@ -93,8 +115,9 @@ def run_ablation(
         raise EmtmError(f"threads must be at least 1, got {threads}")
     with num_threads(threads):
         return _run_ablation(
-            data, teachers, out, seeds, epochs, lr, device, rows, emtm_options, threads, reuse, progress
-        )
+            data, teachers, out, seeds, epochs, lr, device, rows, emtm_options, threads, reuse, progress,
+            list(calibrated),
+        )  # fmt: skip
 
 
 def _run_ablation(
@@ -110,6 +133,7 @@ def _run_ablation(
     threads: int | None,
     reuse: Sequence[Path],
     progress: bool,
+    calibrated: list[str],
 ) -> tuple[dict[str, Any], list[str]]:
     out.mkdir(parents=True, exist_ok=True)
     emtm_options = dict(emtm_options or {})
@@ -122,7 +146,8 @@ def _run_ablation(
                 "options to resume"
             )
         state["emtm_options"] = emtm_options
-        all_rows = list(ablation_rows([str(Path(t).resolve()) for t in teachers]))
+        resolved = [str(Path(t).resolve()) for t in teachers]
+        all_rows = list(ablation_rows(resolved, calibrated=[str(Path(t).resolve()) for t in calibrated]))
         for row in all_rows:  # states written before rows had stable keys get them
             if row.name in state["rows"]:
                 state["rows"][row.name]["key"] = row.key
@@ -140,6 +165,9 @@ def _run_ablation(
                 if str(seed) in read_state(out)["rows"].get(row.name, {}).get("seeds", {}):
                     continue
                 extra = {**emtm_options, **row.options, "n_teachers": len(row.teachers)}
+                if row.key == "fixed-best":  # fitted on this seed's validation queries
+                    weights = fit_global_weights(validation_dists(data, row.teachers, seed))
+                    extra["fixed_weights"] = [[round(float(v), 4) for v in pair] for pair in weights]
                 cfg = TrainConfig(
                     data=str(Path(data).resolve()),
                     model=row.model,
@@ -221,10 +249,10 @@ def parse_rows(text: str | None) -> set[int] | None:
         rows = {int(part) for part in text.split(",")}
     except ValueError:
         raise EmtmError(
-            f"--rows {text!r}: expected row numbers 1-7 separated by commas, e.g. 1,3,5"
+            f"--rows {text!r}: expected row numbers 1-{N_ROWS} separated by commas, e.g. 1,3,5"
         ) from None
-    if not rows <= set(range(1, 8)):
-        raise EmtmError(f"--rows {text!r}: the ablation has rows 1-7")
+    if not rows <= set(range(1, N_ROWS + 1)):
+        raise EmtmError(f"--rows {text!r}: the ablation has rows 1-{N_ROWS}")
     return rows
 
 
