@@ -27,8 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from emtm.engine.stats import ci_text, mean_ci, paired_difference, verdict
 from emtm.io import write_json, write_markdown_table
+from emtm.stats import ci_text, mean_ci, paired_difference, verdict
 
 KEYS = ("r1@0.5", "r1@0.7", "miou")
 SENS_KEYS = ("distinct_top1_share", "drop_r1@0.5")

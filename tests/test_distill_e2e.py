@@ -136,7 +136,8 @@ def test_ablation_table_is_produced_and_resumable(tiny_data: Path, tmp_path: Pat
                              / "config.json").read_text())["train"]  # fmt: skip
         weights = config["model_options"]["fixed_weights"]
         assert len(weights) == 2 and all(abs(sum(col) - 1) < 1e-3 for col in zip(*weights))
-    gt = json.loads((out / "student---smoothed-ground-truth--no-teacher" / "seed0" / "config.json").read_text())
+    gt_run = out / "student---smoothed-ground-truth--no-teacher" / "seed0"
+    gt = json.loads((gt_run / "config.json").read_text())
     assert gt["train"]["teachers"] == [] and gt["train"]["model_options"]["gt_smooth"] == 0.05
     assert summary["EMTM, d=32"]["params"] < summary["student alone"]["params"]
     table = (out / "ablation.md").read_text()

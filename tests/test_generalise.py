@@ -15,8 +15,8 @@ from emtm.config import TrainConfig
 from emtm.data.records import Sample
 from emtm.engine.evaluate import SplitPredictions
 from emtm.engine.sensitivity import distinct_top1, swap_partners
-from emtm.engine.stats import mean_ci, paired_difference, t975, verdict
 from emtm.engine.train import train
+from emtm.stats import mean_ci, paired_difference, t975, verdict
 
 
 def sample(i: int, video: str, start: float, end: float, sentence: str = "a") -> Sample:

@@ -112,3 +112,19 @@ def test_the_live_isomorphic_teacher_is_in_the_table_and_the_figure(
     figure = tmp_path / "q.png"
     assert main(["show", "--run", str(run), "--sample-id", q.sample.sample_id, "--out", str(figure)]) == 0
     assert figure.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_summary_compares_the_kau_with_every_mixture_paired_over_queries(
+    run_and_caches: tuple[Path, list[str]],
+) -> None:
+    run, _ = run_and_caches
+    summary = TeacherView(load_run(run), split="train").summary(batch_size=7)
+    loss, versus = summary["ensemble_hard_loss"], summary["kau_minus"]
+    right = summary["teachers"][0]
+    assert loss["best single teacher"] == pytest.approx(right["hard_loss"], rel=1e-5)
+    # fixed global weights, fitted on the other half of the queries, find the right teacher too
+    assert loss["fixed best weights (2-fold)"] < loss["plain mean"]
+    assert set(versus) == {"plain mean", "best single teacher", "fixed best weights (2-fold)"}
+    d = versus["plain mean"]
+    assert d["n"] == summary["n_queries"]
+    assert d["mean"] == pytest.approx(loss["KAU weights"] - loss["plain mean"], abs=1e-5)

@@ -359,6 +359,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def print_kau_summary(summary: dict[str, Any]) -> None:
     """The table of TeacherView.summary: how the KAU weighs the teachers, against a per-query oracle."""
+    from emtm.stats import verdict
+
     rows = [
         [
             t["teacher"],
@@ -379,6 +381,16 @@ def print_kau_summary(summary: dict[str, Any]) -> None:
         ["teacher", "weight start / end", "std (queries)", "KAU's top pick", "oracle's pick", "hard loss"],
         rows,
     )
+    versus = summary.get("kau_minus", {})
+    if versus:
+        print_table(
+            "the KAU's hard loss minus each mixture's, paired over the queries (negative: the KAU is better)",
+            ["mixture", "KAU - mixture", "95% CI", "verdict"],
+            [
+                [name, f"{d['mean']:+.3f}", f"± {d['ci']:.3f}", verdict(d, "the mixture", "the KAU")]
+                for name, d in versus.items()
+            ],
+        )
 
 
 def cmd_teachers(args: argparse.Namespace) -> int:

@@ -23,12 +23,14 @@ from emtm.distill.cache import TeacherCache
 from emtm.distill.data import TeacherDataset, collate_with_teachers
 from emtm.distill.kau import ensemble
 from emtm.distill.losses import ensemble_hard_loss_per_query
+from emtm.distill.mixtures import HeldOutDists, fit_global_weights, mixture_loss
 from emtm.distill.model import teacher_losses
 from emtm.engine.checkpoint import LoadedRun, load_run
 from emtm.engine.evaluate import to_device
 from emtm.errors import EmtmError
 from emtm.io import atomic_path, write_json
 from emtm.models.layers import masked_softmax
+from emtm.stats import paired_difference
 
 
 @dataclass
@@ -160,7 +162,7 @@ class TeacherView:
         or end distribution has the lowest cross-entropy against the smoothed ground truth, the
         ensemble hard loss's target), and that cross-entropy alone. Then the ensemble hard loss of the
         KAU's mixture, of the plain mean and of the oracle's per-query pick; lower is better."""
-        weights, losses, ens = [], [], {"KAU weights": [], "plain mean": []}
+        weights, losses, ens, held = [], [], {"KAU weights": [], "plain mean": []}, []
         for batch in self.batches(batch_size):
             batch = to_device(batch, self.device)
             _, w, dists = self.weigh(batch)
@@ -168,9 +170,18 @@ class TeacherView:
             k = dists.shape[1]
             losses.append(teacher_losses(dists, batch))  # (B, K, 2)
             weights.append(w)
+            held.append(
+                HeldOutDists(
+                    [], dists.cpu(), mask.cpu(), batch["start_index"].cpu(), batch["end_index"].cpu()
+                )
+            )
             for name, mix in (("KAU weights", w), ("plain mean", torch.full_like(w, 1.0 / k))):
                 ens[name].append(ensemble_hard_loss_per_query(*ensemble(dists, mix, mask), batch))
         w, ce = torch.cat(weights).cpu(), torch.cat(losses).cpu()  # (N, K, 2) each
+        per_query = {name: torch.cat(values).cpu() for name, values in ens.items()}
+        per_query["best single teacher"] = ce.sum(-1)[:, ce.sum(-1).mean(0).argmin()]
+        per_query["fixed best weights (2-fold)"] = cross_fitted_global(held)
+        per_query["oracle pick"] = ce.min(1).values.sum(-1)
         top, best = w.argmax(1), ce.argmin(1)  # (N, 2): per query and boundary
         teachers = [
             {
@@ -184,16 +195,47 @@ class TeacherView:
             }
             for t, name in enumerate(self.names)
         ]
-        loss = {name: torch.cat(values).mean().item() for name, values in ens.items()}
-        loss["oracle pick"] = ce.min(1).values.sum(-1).mean().item()
+        loss = {name: values.mean().item() for name, values in per_query.items()}
+        kau = per_query["KAU weights"].numpy()
+        versus = {
+            name: paired_difference(kau, values.numpy())
+            for name, values in per_query.items()
+            if name not in ("KAU weights", "oracle pick")
+        }
         return {
             "run": str(self.run.run_dir),
             "split": self.split,
             "n_queries": len(w),
             "teachers": teachers,
             "ensemble_hard_loss": loss,
+            "kau_minus": versus,  # per-query paired differences of the KAU's hard loss (negative: better)
             "kau_agrees_with_oracle": (top == best).float().mean().item(),
         }
+
+
+def cross_fitted_global(chunks: list[HeldOutDists]) -> Tensor:
+    """(N,) hard loss per query of global teacher weights fitted on the other half of the queries
+    (even and odd positions, two folds): fixed-best weights, scored out of sample."""
+    n_clips = max(c.mask.shape[1] for c in chunks)
+
+    def pad(x: Tensor) -> Tensor:
+        return torch.nn.functional.pad(x, (0, n_clips - x.shape[-1]))
+
+    dists = torch.cat([pad(c.dists) for c in chunks])
+    mask = torch.cat([pad(c.mask) for c in chunks])
+    start = torch.cat([c.start_index for c in chunks])
+    end = torch.cat([c.end_index for c in chunks])
+    out = torch.empty(len(dists))
+    for fold in (0, 1):
+        fit = torch.arange(len(dists)) % 2 != fold
+
+        def part(sel: Tensor) -> HeldOutDists:
+            return HeldOutDists([], dists[sel], mask[sel], start[sel], end[sel])
+
+        with torch.enable_grad():
+            weights = fit_global_weights(part(fit))
+        out[~fit] = mixture_loss(part(~fit), weights).detach()
+    return out
 
 
 def kau_summary(

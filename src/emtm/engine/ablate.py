@@ -32,10 +32,10 @@ from emtm.distill.model import EMTMConfig
 from emtm.engine.checkpoint import LoadedRun, load_run
 from emtm.engine.evaluate import evaluate
 from emtm.engine.pipeline import finished, train_step
-from emtm.engine.stats import ci_text, mean_ci, paired_difference
 from emtm.engine.train import resolve_device
 from emtm.errors import EmtmError
 from emtm.io import atomic_path, claim, lock_file, write_json, write_markdown_table
+from emtm.stats import ci_text, mean_ci, paired_difference
 
 REPORTED = ("r1@0.3", "r1@0.5", "r1@0.7", "miou")
 DISTILL_ONLY = {"isomorphic": False, "use_kau": False}
