@@ -1288,7 +1288,44 @@ RUN_CASES = [
     ),
 ]
 
-CASES = ANNOTATION_CASES + FEATURE_CASES + CONFIG_CASES + IMPORT_CASES + RUN_CASES
+
+def trained_run_dir(tmp: Path) -> Call:
+    from emtm.engine.train import check_run_dir
+
+    write(tmp / "run" / "model.safetensors", b"weights")
+    write(tmp / "run" / "metrics.json", "{}")
+    return lambda: check_run_dir(tmp / "run", resume=False, overwrite=False)
+
+
+def resumed_with_other_flags(tmp: Path) -> Call:
+    from emtm.cli import build_parser, run_config
+
+    run = tmp / "run"
+    write(
+        run / "config.json",
+        json.dumps({"train": TrainConfig(data=str(tmp / "data.yaml")).model_dump(mode="json")}),
+    )
+    argv = ["train", "--data", str(tmp / "data.yaml"), "--out", str(run), "--resume", "--epochs", "3"]
+    args = build_parser().parse_args(argv)
+    return lambda: run_config(args)
+
+
+WORK_CASES = [
+    Case(
+        "train-over-finished-run",
+        trained_run_dir,
+        EmtmError,
+        ("{tmp}/run already holds a finished run (model.safetensors)", "--resume", "--overwrite"),
+    ),
+    Case(
+        "resume-with-other-flags",
+        resumed_with_other_flags,
+        EmtmError,
+        ("{tmp}/run", "optim.epochs: saved 30, given 3", "Drop them to resume"),
+    ),
+]
+
+CASES = ANNOTATION_CASES + FEATURE_CASES + CONFIG_CASES + IMPORT_CASES + RUN_CASES + WORK_CASES
 
 
 def run_case(case: Case, tmp: Path) -> EmtmError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import sys
 from pathlib import Path
@@ -156,7 +157,13 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         "--resume",
         action="store_true",
         help="continue the run in --out from its last complete checkpoint (end of an epoch, every "
-        "run.checkpoint_every steps, or where SIGINT/SIGTERM stopped it)",
+        "run.checkpoint_every steps, or where SIGINT/SIGTERM stopped it); its saved settings hold, and "
+        "a flag that contradicts them is an error",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (without it, trained work there is never overwritten)",
     )
     p.add_argument(
         "--set",
@@ -224,7 +231,56 @@ def run_config(args: argparse.Namespace) -> TrainConfig:
                 "so its settings are unknown; start the run again without --resume in an empty folder"
             )
         raise EmtmError(f"--resume: {config_path} not found; nothing to resume in {args.out}")
-    return validate(TrainConfig, load_json(config_path)["train"], str(config_path))
+    saved = validate(TrainConfig, load_json(config_path)["train"], str(config_path))
+    differences = resume_differences(args, saved)
+    if differences:
+        raise EmtmError(
+            f"--resume continues {args.out} with the settings it was started with ({config_path}), but "
+            f"these flags say otherwise: {'; '.join(differences)}. Drop them to resume, or start a new "
+            "run with --overwrite or another --out"
+        )
+    return saved
+
+
+# Settings a resumed run may change: where and how it runs, not what it trains.
+RESUMABLE_RUN_FIELDS = ("device", "num_workers", "progress", "threads", "checkpoint_every", "dist_timeout_s")
+
+
+def resume_differences(args: argparse.Namespace, saved: Any) -> list[str]:
+    """The flags of a --resume command line that contradict the saved config, as 'key: saved X, given Y'."""
+    from emtm.config import apply_overrides, read_mapping
+
+    before = saved.model_dump(mode="json")
+    after = copy.deepcopy(before)
+    if getattr(args, "data", None):
+        after["data"] = str(Path(args.data).resolve())
+    if getattr(args, "model", None):
+        after["model"] = args.model
+    if getattr(args, "config", None):
+        for section, values in read_mapping(Path(args.config)).items():
+            if isinstance(values, dict) and isinstance(after.get(section), dict):
+                after[section].update(values)
+            else:
+                after[section] = values
+    flags = {"optim.epochs": args.epochs, "optim.batch_size": args.batch_size, "optim.lr": args.lr,
+             "run.seed": args.seed}  # fmt: skip
+    for key, value in flags.items():
+        if value is not None:
+            section, name = key.split(".")
+            after[section][name] = value
+    after = apply_overrides(after, getattr(args, "set", []) or [])
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix: d}
+        return {k: v for key, value in d.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+
+    old, new = flat(before), flat(after)
+    return [
+        f"{key.rstrip('.')}: saved {old.get(key)!r}, given {new.get(key)!r}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key) and key.rstrip(".") not in {f"run.{f}" for f in RESUMABLE_RUN_FIELDS}
+    ]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -232,7 +288,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from emtm.engine.train import train
 
     cfg = run_config(args)
-    result = train(cfg, args.out, resume=args.resume)
+    result = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     if not is_main_process():  # torchrun: rank 0 reports
         return 0
     best = result["best"]
@@ -262,7 +318,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     cfg = run_config(args)
     if not args.resume:
         cfg.teachers = [str(Path(t).resolve()) for t in args.teachers]
-    result = train(cfg, args.out, resume=args.resume)
+    result = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     if not is_main_process():  # torchrun: rank 0 exports and reports
         return 0
     student_dir = export_student(Path(args.out))

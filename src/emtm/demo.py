@@ -76,7 +76,7 @@ def compare_models(
                 },
             )
             started = time.perf_counter()
-            train(cfg, out / name)
+            train(cfg, out / name, overwrite=True)  # a benchmark: each call trains afresh
             seconds = time.perf_counter() - started
             run = load_run(out / name, device=dev)
             test_set = split_dataset(cfg.data, "test", run.vocab, seed)

@@ -145,18 +145,53 @@ def is_better(new: dict[str, Any], best: dict[str, Any] | None, key: str) -> boo
     return (new[key], new["miou"]) > (best[key], best["miou"])
 
 
+# What a run directory holds once training has started, and what --overwrite removes first.
+RUN_FILES = (
+    "config.json", "vocab.json", "log.csv", "metrics.json", "model.safetensors", "last.safetensors",
+    "last_state.pt", "curve.png", "kau.json",
+)  # fmt: skip
+TRAINED_FILES = ("model.safetensors", "last.safetensors", "last_state.pt")
+
+
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a new run over trained work (weights or a checkpoint) unless `overwrite`, which
+    removes the old run's files first; a folder with other files in it is left alone."""
+    if resume:
+        return
+    trained = [name for name in TRAINED_FILES if (run_dir / name).exists()]
+    if not trained:
+        return
+    if not overwrite:
+        metrics = run_dir / "metrics.json"
+        state = (
+            "a finished run"
+            if metrics.exists() and (run_dir / "model.safetensors").exists()
+            else ("a stopped run")
+        )
+        raise EmtmError(
+            f"{run_dir} already holds {state} ({', '.join(trained)}); nothing was changed. Continue it "
+            f"with --resume, replace it with --overwrite, or give another --out"
+        )
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+
+
 def train(
     cfg: TrainConfig,
     run_dir: str | Path,
     resume: bool = False,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train `cfg.model` on `cfg.data` into `run_dir`; returns the metrics summary.
 
+    A new run never replaces trained work in `run_dir` unless `overwrite` (`check_run_dir`).
     `on_epoch_end(epoch, row)` is called after each epoch's checkpoint is safely written. Under torchrun
     (WORLD_SIZE > 1) this trains with DistributedDataParallel; every rank returns the same summary.
     SIGINT/SIGTERM save a checkpoint and raise `TrainingStopped`.
     """
+    if distributed.is_main_process():
+        check_run_dir(Path(run_dir), resume, overwrite)
     with num_threads(cfg.run.threads):  # restored afterwards
         ctx = distributed.setup(resolve_device(cfg.run.device), cfg.run.dist_timeout_s)
         try:

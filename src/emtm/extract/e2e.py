@@ -82,7 +82,7 @@ def run_shapes_check(
             run={"progress": progress, "device": device, "seed": seed},
         )
         started = time.perf_counter()
-        train(cfg, out / model)
+        train(cfg, out / model, overwrite=True)
         timings[f"train_{model}_s"] = time.perf_counter() - started
         run = load_run(out / model, device=dev)
         test = split_dataset(data_yaml, "test", run.vocab, seed)
