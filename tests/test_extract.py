@@ -353,4 +353,4 @@ def test_extract_threads(tmp_path: Path, threads: int, capsys: pytest.CaptureFix
 def test_extract_threads_must_be_positive(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         main(["extract", "--videos", "v.mp4", "--out", "f", "--threads", "0"])
-    assert "--threads: expected a whole number >= 1, got 0" in capsys.readouterr().err
+    assert "argument --threads: '0': expected an integer >= 1" in capsys.readouterr().err

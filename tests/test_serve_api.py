@@ -177,6 +177,9 @@ def test_request_body_and_query_limits(served: dict) -> None:
     assert both.status_code == 422 and "exactly one of video, upload and features" in both.json()["detail"]
     extra = client.post("/ground", json={"video": "one.mp4", "query": "a", "path": "/etc/passwd"})
     assert extra.status_code == 422 and "path" in extra.json()["detail"]
+    for loose in (True, "3", 2.0):  # not integers: refused, not coerced
+        typed = client.post("/ground", json={"video": "one.mp4", "query": "a", "top_k": loose})
+        assert typed.status_code == 422 and "top_k" in typed.json()["detail"], loose
 
 
 @pytest.mark.parametrize(

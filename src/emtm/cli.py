@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from emtm import __version__
+from emtm.argtypes import nonneg_int, positive_float, positive_int
 from emtm.errors import EmtmError
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
             args.format,
             args.out,
             durations=args.durations,
-            feature_dim=args.feature_dim or 256,
+            feature_dim=256 if args.feature_dim is None else args.feature_dim,
             seed=args.seed,
             feature_format=args.feature_format,
         )
@@ -63,7 +64,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         from emtm.extract.pixel_benchmark import generate_preset
 
         overrides = apply_overrides({"seed": args.seed}, args.set, "--set", "noise_std=0.25")
-        if args.feature_dim:
+        if args.feature_dim is not None:
             overrides["feature_dim"] = args.feature_dim
         yaml_path = generate_preset(
             args.preset,
@@ -145,14 +146,14 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config", help="YAML/JSON file with a TrainConfig (sections model_options, optim, eval, run)"
     )
-    p.add_argument("--epochs", type=int, help="training epochs")
-    p.add_argument("--batch-size", type=int, help="queries per batch")
-    p.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
-    p.add_argument("--seed", type=int, help="random seed (data order, init, dropout, val hold-out)")
+    p.add_argument("--epochs", type=positive_int, help="training epochs")
+    p.add_argument("--batch-size", type=positive_int, help="queries per batch")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate (AdamW)")
+    p.add_argument("--seed", type=nonneg_int, help="random seed (data order, init, dropout, val hold-out)")
     p.add_argument(
         "--device", choices=["cpu", "cuda", "auto"], help="where to train (auto: CUDA if available)"
     )
-    p.add_argument("--workers", type=int, help="data-loader worker processes")
+    p.add_argument("--workers", type=nonneg_int, help="data-loader worker processes")
     p.add_argument(
         "--resume",
         action="store_true",
@@ -605,7 +606,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise EmtmError(f"{path}: not a plain .npy array ({err})") from None
     long_video = args.long_video or "auto"
     video = grounder.encode_video(features, args.duration, long_video, args.window, args.stride)
-    results = video.ground_many(args.query, top_k=args.top_k or 5)
+    results = video.ground_many(args.query, top_k=5 if args.top_k is None else args.top_k)
     if video.windows:
         w = video.prepared
         print(
@@ -713,7 +714,9 @@ def add_data_parser(sub: Any) -> None:
         help="a file name of ../shared/data/real-features/stats.json (default: its I3D rgb fixture, or a "
         "built-in copy of its numbers without that folder), a stats .json (e.g. from --json), or features",
     )
-    q.add_argument("--max-videos", type=int, help="only the first N videos (sorted ids); default all")
+    q.add_argument(
+        "--max-videos", type=positive_int, help="only the first N videos (sorted ids); default all"
+    )
     q.add_argument("--json", help="write both sets of statistics here")
     q.set_defaults(func=cmd_data_stats)
 
@@ -764,10 +767,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="pixel presets: where extraction runs",
     )
-    p.add_argument("--threads", type=int, help="pixel presets: torch threads for extraction")
+    p.add_argument("--threads", type=positive_int, help="pixel presets: torch threads for extraction")
     p.add_argument("--out", default="data/synth", help="output folder (gets data.yaml)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same bytes")
-    p.add_argument("--feature-dim", type=int, help="feature dimension D (default: the preset's)")
+    p.add_argument(
+        "--seed", type=nonneg_int, default=0, help="random seed; the same seed gives the same bytes"
+    )
+    p.add_argument("--feature-dim", type=positive_int, help="feature dimension D (default: the preset's)")
     p.add_argument(
         "--feature-format", choices=["npy", "h5"], default="npy", help="npy folder or one HDF5 file"
     )
@@ -829,13 +834,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="import: teacher name recorded in the cache")
     p.add_argument(
         "--temperature",
-        type=float,
+        type=positive_float,
         help="softmax temperature of span and 2D-map teachers (default: fitted on held-out queries on "
         "export, or with --calibrate-on on import; else 1)",
     )
     p.add_argument(
         "--sigma",
-        type=float,
+        type=positive_float,
         help="Gaussian width of proposal and regression teachers, a fraction of the video (default: "
         "fitted as --temperature; else 0.05)",
     )
@@ -868,7 +873,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/ablation", help="folder for runs, ablation.json and ablation.md")
     p.add_argument(
         "--seeds",
-        type=int,
+        type=positive_int,
         default=5,
         help="seeds per row (5: enough for a paired 95%% CI to mean something)",
     )
@@ -884,8 +889,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="the same teachers' caches exported with calibration, for row 10 (calibrated mean)",
     )
-    p.add_argument("--epochs", type=int, default=20, help="epochs per run")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=positive_int, default=20, help="epochs per run")
+    p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     p.add_argument(
         "--emtm-option",
@@ -894,7 +899,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="an EMTM model option for every distilled row, e.g. kd_weight=3.2 (repeat)",
     )
-    p.add_argument("--threads", type=int, help="CPU threads per process (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads per process (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
         "--reuse",
@@ -916,7 +921,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations", required=True, help="folder with the split files named in the recipe")
     p.add_argument("--word-vectors", default="glove-6b-50d", help="e.g. a path to glove.840B.300d.txt")
     p.add_argument("--out", default="runs/recipe", help="folder for every run, cache and the report")
-    p.add_argument("--epochs", type=int, help="override the recipe's epochs (e.g. for a quick check)")
+    p.add_argument(
+        "--epochs", type=positive_int, help="override the recipe's epochs (e.g. for a quick check)"
+    )
     p.add_argument(
         "--teacher-folds",
         type=int,
@@ -968,7 +975,10 @@ def build_parser() -> argparse.ArgumentParser:
         "duration, relevant_windows), as the Moment-DETR / Lighthouse standalone evaluator takes it",
     )
     p.add_argument(
-        "--seed", type=int, default=0, help="--preds on val without a val split: seed of the held-out videos"
+        "--seed",
+        type=nonneg_int,
+        default=0,
+        help="--preds on val without a val split: seed of the held-out videos",
     )
     p.add_argument("--json", help="write the metrics here (flat keys in percent)")
     p.add_argument(
@@ -989,7 +999,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --run: does the model read the sentence? The share of videos whose queries get "
         "different top-1 moments, and the accuracy when each query is swapped for another of its video",
     )
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
@@ -1003,7 +1013,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", help="one video: its (T, D) clip features, .npy")
     p.add_argument(
         "--duration",
-        type=float,
+        type=positive_float,
         help="one video: its length in seconds (default: T x the model's clip length)",
     )
     p.add_argument("--query", action="append", help="one video: a sentence (repeat for several)")
@@ -1012,16 +1022,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", help="a split: the JSON-lines file to write (qid, vid, query, pred_relevant_windows)"
     )
-    p.add_argument("--top-k", type=int, default=None, help="moments per query (default: 5)")
+    p.add_argument("--top-k", type=positive_int, default=None, help="moments per query (default: 5)")
     p.add_argument(
         "--long-video",
         choices=["auto", "window", "resample"],
         help="one video longer than the model's max_video_len clips: sliding windows (window) or mean-pool "
         "(resample); default auto = windows when the model records its clip length (docs/API.md)",
     )
-    p.add_argument("--window", type=int, help="one video: clips per sliding window (default: max_video_len)")
-    p.add_argument("--stride", type=int, help="one video: clips between window starts (default: window / 2)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument(
+        "--window", type=positive_int, help="one video: clips per sliding window (default: max_video_len)"
+    )
+    p.add_argument(
+        "--stride", type=positive_int, help="one video: clips between window starts (default: window / 2)"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     p.add_argument(
         "--precision",
@@ -1057,7 +1071,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="where the demo's runs and results go")
     p.add_argument("--data-dir", help="where the built-in benchmark is written (default data/synth-PRESET)")
     p.add_argument("--preset", default="small", help="synthetic benchmark preset (see emtm synth --help)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs for each model (default: the demo's)")
+    p.add_argument(
+        "--epochs", type=positive_int, default=None, help="epochs for each model (default: the demo's)"
+    )
     p.set_defaults(func=cmd_demo)
 
     add_data_parser(sub)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from emtm.argtypes import nonneg_int, positive_int
 from emtm.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -51,13 +52,17 @@ def add_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--run", action="append", default=[], help="a trained run directory (repeat); its own L")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
-    p.add_argument("--threads", type=int, help="CPU threads for the rows (default: torch's current count)")
-    p.add_argument("--runs", type=int, default=100, help="timed batch-1 calls per row, after the warm-up")
-    p.add_argument("--warmup", type=int, default=10, help="untimed batch-1 calls first")
-    p.add_argument("--batch", type=int, help="throughput batch (default: 64 on CPU, 1024 on CUDA)")
-    p.add_argument("--throughput-reps", type=int, default=5, help="timed throughput passes per row")
-    p.add_argument("--words", type=int, default=8, help="words per query")
-    p.add_argument("--video-dim", type=int, default=1024, help="clip feature size D")
+    p.add_argument(
+        "--threads", type=positive_int, help="CPU threads for the rows (default: torch's current count)"
+    )
+    p.add_argument(
+        "--runs", type=positive_int, default=100, help="timed batch-1 calls per row, after the warm-up"
+    )
+    p.add_argument("--warmup", type=nonneg_int, default=10, help="untimed batch-1 calls first")
+    p.add_argument("--batch", type=positive_int, help="throughput batch (default: 64 on CPU, 1024 on CUDA)")
+    p.add_argument("--throughput-reps", type=positive_int, default=5, help="timed throughput passes per row")
+    p.add_argument("--words", type=positive_int, default=8, help="words per query")
+    p.add_argument("--video-dim", type=positive_int, default=1024, help="clip feature size D")
     p.add_argument(
         "--variants",
         default="auto",
@@ -65,9 +70,11 @@ def add_options(p: argparse.ArgumentParser) -> None:
         "bf16, cached, onnx; CUDA: bf16, compile modes, graph, cached), all (auto + compile on CPU), none, "
         "or a comma list of e.g. threads=2, bf16, compile, bf16+compile:max-autotune, graph, onnx, cached",
     )
-    p.add_argument("--check-queries", type=int, default=256, help="queries each variant is checked on")
+    p.add_argument(
+        "--check-queries", type=positive_int, default=256, help="queries each variant is checked on"
+    )
     p.add_argument("--limits", action="store_true", help="add the student's compute and memory floors")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--no-progress", action="store_true")
 
 

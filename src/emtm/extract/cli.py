@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from emtm.argtypes import positive_float, positive_int
 from emtm.errors import EmtmError
 
 
@@ -31,16 +32,16 @@ def add_parser(sub: Any) -> None:
         "Python factory module:function or file.py:function (docs/VIDEO.md)",
     )
     p.add_argument("--weights", help="local weights for the backbone (.safetensors, or .pth/.pt state dict)")
-    p.add_argument("--fps", type=float, default=1.0, help="frames sampled per second (default 1)")
+    p.add_argument("--fps", type=positive_float, default=1.0, help="frames sampled per second (default 1)")
     p.add_argument(
         "--clip-seconds",
-        type=float,
+        type=positive_float,
         help="seconds per feature row; sampled frames are averaged (default 1/fps)",
     )
     p.add_argument(
-        "--image-size", type=int, help="backbone input size in pixels (default: the backbone's, 224)"
+        "--image-size", type=positive_int, help="backbone input size in pixels (default: the backbone's, 224)"
     )
-    p.add_argument("--batch-size", type=int, default=32, help="frames per backbone call")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="frames per backbone call")
     p.add_argument(
         "--threads",
         type=positive_int,
@@ -55,17 +56,6 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_extract)
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
 
 
 def cmd_extract(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from emtm.argtypes import positive_int
 from emtm.errors import EmtmError
 
 
@@ -20,14 +21,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--model", required=True, help="a model folder (emtm export) or a run directory")
     p.add_argument("--video", required=True, help="a video file (.mp4, .avi, .mkv, ...)")
     p.add_argument("--query", action="append", required=True, help="a sentence (repeat for several)")
-    p.add_argument("--top-k", type=int, default=5, help="moments per sentence (default 5)")
+    p.add_argument("--top-k", type=positive_int, default=5, help="moments per sentence (default 5)")
     p.add_argument(
         "--backbone",
         help="only for a backbone that its recorded name cannot rebuild (a Python factory returning its "
         "own Backbone): the spec to build it with; its name must equal the model's",
     )
     p.add_argument("--weights", help="the backbone's local weights, when it was built with --weights")
-    p.add_argument("--batch-size", type=int, default=32, help="frames per backbone call")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="frames per backbone call")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     p.set_defaults(func=cmd_ground)
 

@@ -73,7 +73,7 @@ class BodyLimit:
 class GroundRequest(BaseModel):
     """One query in one video: give exactly one of `video`, `upload` and `features`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "3" or true is not a top_k
     query: str = Field(description="the sentence to ground")
     video: str | None = Field(None, description="a file name from GET /videos")
     upload: str | None = Field(None, description="the `upload` id returned by POST /upload")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from emtm.argtypes import nonneg_int, positive_float, positive_int
 from emtm.errors import EmtmError
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -25,19 +26,23 @@ def add_parser(sub: Any) -> None:
         "--cache", help="feature/upload cache folder (default: .emtm-serve-cache beside the model)"
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=nonneg_int, default=8000, help="port (default 8000)")
     p.add_argument(
         "--allow-remote", action="store_true", help="needed to listen on an address other than loopback"
     )
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
     p.add_argument(
-        "--max-upload-mb", type=float, default=d.max_upload_bytes / 2**20, help="upload size limit"
+        "--max-upload-mb", type=positive_float, default=d.max_upload_bytes / 2**20, help="upload size limit"
     )
-    p.add_argument("--max-body-kb", type=float, default=d.max_body_bytes / 2**10, help="other request bodies")
-    p.add_argument("--max-query-chars", type=int, default=d.max_query_chars)
-    p.add_argument("--max-top-k", type=int, default=d.max_top_k)
-    p.add_argument("--max-extract-jobs", type=int, default=d.max_extract_jobs, help="concurrent extractions")
-    p.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per request")
+    p.add_argument(
+        "--max-body-kb", type=positive_float, default=d.max_body_bytes / 2**10, help="other request bodies"
+    )
+    p.add_argument("--max-query-chars", type=positive_int, default=d.max_query_chars)
+    p.add_argument("--max-top-k", type=positive_int, default=d.max_top_k)
+    p.add_argument(
+        "--max-extract-jobs", type=positive_int, default=d.max_extract_jobs, help="concurrent extractions"
+    )
+    p.add_argument("--timeout", type=positive_float, default=d.timeout_s, help="seconds per request")
     p.add_argument(
         "--max-upload-cache",
         type=int,
