@@ -27,3 +27,30 @@ def test_out_of_range_numbers_are_refused(argv: list[str], message: str, capsys)
         main(argv)
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_huge_finite_features_are_refused_not_scored_nan(tmp_path) -> None:
+    import numpy as np
+
+    from emtm.data.features import open_feature_store
+    from emtm.errors import DataError
+
+    (tmp_path / "f").mkdir()
+    np.save(tmp_path / "f" / "v1.npy", np.full((4, 8), 1e38, dtype=np.float32))
+    np.save(tmp_path / "f" / "v2.npy", np.full((4, 8), 9999.0, dtype=np.float32))
+    with pytest.raises(DataError, match=r"beyond \+/-10000 \(largest 1e\+38\)"):
+        open_feature_store(tmp_path / "f").load("v1")
+    (tmp_path / "f" / "v1.npy").unlink()
+    assert open_feature_store(tmp_path / "f").load("v2").max() == 9999.0
+
+
+def test_a_model_refuses_huge_features(teacher_run) -> None:
+    import numpy as np
+
+    from emtm.api import Grounder
+    from emtm.errors import EmtmError
+
+    grounder = Grounder.load(teacher_run, device="cpu")
+    dim = grounder.run.spec.video_dim
+    with pytest.raises(EmtmError, match="beyond 10000"):
+        grounder.ground(np.full((10, dim), 1e38, dtype=np.float32), "a person sits", duration=10.0)

@@ -21,6 +21,10 @@ from emtm.data.records import without_video_suffix
 from emtm.errors import DataError
 from emtm.io import atomic_open, atomic_path
 
+# The largest |value| a feature may have, in a store or given to a model: far above any real CNN feature,
+# far below what overflows a float32 LayerNorm or attention score (1e38 gave NaN scores).
+FEATURE_LIMIT = 1e4
+
 H5_SUFFIXES = (".h5", ".hdf5")
 _LAYOUTS = (
     "features must be either a folder of {video_id}.npy files or an .h5/.hdf5 file with one "
@@ -124,6 +128,14 @@ def _check(feats: Any, video_id: str, path: Path, dim: int | None) -> np.ndarray
         raise DataError(
             f"{where}: {bad} of {feats.size} feature values are NaN or Inf (or beyond float32 range); "
             "features must be finite: re-extract this video or fix the values",
+            path=path,
+        )
+    huge = int(np.count_nonzero(np.abs(feats) > FEATURE_LIMIT))
+    if huge:
+        raise DataError(
+            f"{where}: {huge} of {feats.size} feature values are beyond +/-{FEATURE_LIMIT:g} (largest "
+            f"{float(np.abs(feats).max()):.3g}); real clip features are O(1) to O(100) and such values "
+            "overflow the models' arithmetic: check how they were computed or scale them",
             path=path,
         )
     return feats

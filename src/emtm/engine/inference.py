@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from emtm.data.dataset import collate, encode_query
-from emtm.data.features import resample_features
+from emtm.data.features import FEATURE_LIMIT, resample_features
 from emtm.engine.checkpoint import LoadedRun
 from emtm.engine.evaluate import to_device
 from emtm.engine.metrics import temporal_nms
@@ -74,6 +74,13 @@ def check_features(run: LoadedRun, features: np.ndarray) -> np.ndarray:
         )
     if not np.isfinite(features).all():
         raise EmtmError("features contain NaN or Inf values")
+    peak = float(np.abs(features).max())
+    if peak > FEATURE_LIMIT:
+        raise EmtmError(
+            f"features reach {peak:.3g} in absolute value, beyond {FEATURE_LIMIT:g}: no CNN gives such "
+            "values (real clip features are O(1) to O(100)), and the model's arithmetic would overflow; "
+            "check how they were computed or scale them"
+        )
     return features
 
 
