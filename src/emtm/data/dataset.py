@@ -125,7 +125,26 @@ def prepare(
         name: filter_missing(split, store, cfg.skip_missing_videos, name)
         for name, split in load_splits(cfg, seed, names, fold).items()
     }
+    for name, split in splits.items():
+        check_not_empty(split, name)
     return Prepared(cfg, store, splits)
+
+
+def check_not_empty(split: SplitData, name: str) -> None:
+    """A DataError when a split holds no query, saying what was read and what was dropped."""
+    if split.samples:
+        return
+    report = split.report
+    if report is not None and report.n_read:
+        why = (
+            f"all {report.n_read} queries read were dropped ({report.n_dropped} with start >= end or "
+            f"times outside the video, see the warnings above) or skipped"
+        )
+    elif report is not None:
+        why = "the file holds no query"
+    else:
+        why = "no video was left for it"
+    raise DataError(f"split {name!r} ({split.source}) is empty: {why}; a split needs at least one query")
 
 
 def encode_query(

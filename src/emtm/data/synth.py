@@ -63,7 +63,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from itertools import islice
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 import yaml
@@ -414,6 +414,20 @@ PRESETS: dict[str, SynthConfig] = {
         repeat_share=0.5,
     ),  # fmt: skip
 }
+
+
+class PixelLike(Protocol):
+    n_train_videos: int
+    n_test_videos: int
+
+
+def check_both_splits(cfg: SynthConfig | PixelLike) -> None:
+    """A benchmark that is written needs videos in both splits (a config for script studies may not)."""
+    if cfg.n_train_videos < 1 or cfg.n_test_videos < 1:
+        raise ConfigError(
+            f"n_train_videos ({cfg.n_train_videos}) and n_test_videos ({cfg.n_test_videos}) must each be "
+            ">= 1 to write a benchmark: it needs both a train and a test split"
+        )
 
 
 def with_overrides(cfg: C, overrides: dict[str, object], flag: str = "--set") -> C:
@@ -870,6 +884,7 @@ def _write_yaml(path: Path, data: dict) -> None:
 def generate(cfg: SynthConfig, out_dir: PathLike, feature_format: str = "npy", progress: bool = True) -> Path:
     """Write the synthetic benchmark (Charades-STA layout) to out_dir; return its data.yaml path."""
     _check_format(feature_format)
+    check_both_splits(cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     scripts = make_scripts(cfg)

@@ -37,6 +37,7 @@ from emtm.data.pixels import (
     render_frames,
 )
 from emtm.data.records import Sample
+from emtm.data.synth import check_both_splits
 from emtm.errors import EmtmError
 from emtm.extract.extractor import FEATURES_JSON, extract_videos, read_index
 from emtm.io import atomic_open, atomic_path, write_json
@@ -200,6 +201,7 @@ def generate_pixels(
     progress: bool = True,
 ) -> Path:
     """Write the real-pixel benchmark to out_dir (Charades-STA layout + features); return its data.yaml."""
+    check_both_splits(cfg)
     image_set = load_images(images)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
