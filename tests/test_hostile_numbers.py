@@ -54,3 +54,27 @@ def test_a_model_refuses_huge_features(teacher_run) -> None:
     dim = grounder.run.spec.video_dim
     with pytest.raises(EmtmError, match="beyond 10000"):
         grounder.ground(np.full((10, dim), 1e38, dtype=np.float32), "a person sits", duration=10.0)
+
+
+def test_nan_never_reaches_json(tmp_path) -> None:
+    from emtm.errors import EmtmError
+    from emtm.io import write_json
+
+    with pytest.raises(EmtmError, match=r"rows\[1\]\.score is nan"):
+        write_json(tmp_path / "m.json", {"rows": [{"score": 1.0}, {"score": float("nan")}]})
+    assert not (tmp_path / "m.json").exists()
+    write_json(tmp_path / "ok.json", {"ci": None, "score": 1.5})
+    assert (tmp_path / "ok.json").read_text().startswith("{")
+
+
+@pytest.mark.parametrize("flag", ["--out", "--json"])
+def test_unwritable_outputs_fail_before_the_work(flag: str, tiny_data, tmp_path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    target = str(blocker / ("run" if flag == "--out" else "m.json"))
+    argv = ["train", "--data", str(tiny_data), "--out", target, "--epochs", "1"]
+    if flag == "--json":
+        argv = ["evaluate", "--preds", "p.jsonl", "--gt", "g.jsonl", "--json", target]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} {target}: cannot write there" in err and "choose a writable path" in err

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from emtm import __version__
 from emtm.argtypes import nonneg_int, positive_float, positive_int
 from emtm.errors import EmtmError
+from emtm.io import check_writable
 
 if TYPE_CHECKING:
     from emtm.config import TrainConfig
@@ -444,7 +445,7 @@ def print_kau_summary(summary: dict[str, Any]) -> None:
             "the KAU's hard loss minus each mixture's, paired over the queries (negative: the KAU is better)",
             ["mixture", "KAU - mixture", "95% CI", "verdict"],
             [
-                [name, f"{d['mean']:+.3f}", f"± {d['ci']:.3f}", verdict(d, "the mixture", "the KAU")]
+                [name, f"{d['mean']:+.3f}", f"± {d['ci'] or 0:.3f}", verdict(d, "the mixture", "the KAU")]
                 for name, d in versus.items()
             ],
         )
@@ -490,10 +491,14 @@ def cmd_teachers(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- evaluate
 def print_sensitivity(sens: dict[str, Any]) -> None:
     """The two query-sensitivity figures of `emtm evaluate --sensitivity`, as one table."""
+
+    def share(key: str) -> str:
+        return "n/a" if sens[key] is None else f"{sens[key]:.1f}%"
+
     rows = [
         ["videos with >= 2 queries", sens["n_videos"]],
-        ["... whose queries get more than one top-1 moment", f"{sens['distinct_top1_share']:.1f}%"],
-        ["... whose queries each get their own top-1 moment", f"{sens['all_distinct_share']:.1f}%"],
+        ["... whose queries get more than one top-1 moment", share("distinct_top1_share")],
+        ["... whose queries each get their own top-1 moment", share("all_distinct_share")],
     ]
     if sens.get("n_swapped"):
         rows.append(["queries asked again with another sentence of their video", sens["n_swapped"]])
@@ -1102,6 +1107,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
+        for flag in ("out", "json"):  # an unwritable output fails now, not after the work
+            value = getattr(args, flag, None)
+            if isinstance(value, str) and value != "-":
+                check_writable(value, f"--{flag}")
         return args.func(args)
     except EmtmError as err:
         code = getattr(err, "exit_code", 2)  # 128 + signal when SIGINT/SIGTERM stopped training cleanly

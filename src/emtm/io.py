@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from emtm.errors import EmtmError
 
 
 def _umask_mode() -> int:
@@ -93,10 +96,51 @@ def write_markdown_table(
         handle.write("\n".join(lines) + "\n")
 
 
+def non_finite_field(obj: Any, where: str = "") -> tuple[str, float] | None:
+    """The first (dotted field, value) of `obj` that is a NaN or infinite float, or None."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where, obj
+    if isinstance(obj, dict):
+        items = ((f"{where}.{k}" if where else str(k), v) for k, v in obj.items())
+    elif isinstance(obj, list | tuple):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(obj))
+    else:
+        return None
+    for field, value in items:
+        found = non_finite_field(value, field)
+        if found is not None:
+            return found
+    return None
+
+
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
+    """`obj` as JSON, written atomically. NaN and Infinity are refused (JSON has neither, and a metric
+    that is not a number means something went wrong upstream): an EmtmError names the field."""
+    bad = non_finite_field(obj)
+    if bad is not None:
+        raise EmtmError(
+            f"{path}: not written, {bad[0] or 'the value'} is {bad[1]}; JSON holds no NaN or Infinity, "
+            "and a result that is not a number means the computation went wrong upstream"
+        )
     with atomic_open(path) as handle:
-        json.dump(obj, handle, indent=indent, ensure_ascii=False)
+        json.dump(obj, handle, indent=indent, ensure_ascii=False, allow_nan=False)
         handle.write("\n")
+
+
+def check_writable(path: str | os.PathLike, flag: str) -> None:
+    """Before any work: that `path` (a file when it has a suffix, else a folder) can be written, by
+    creating its folder and a scratch file there; an EmtmError names the flag and the reason."""
+    target = Path(path)
+    folder = target.parent if target.suffix else target
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if target.suffix and target.is_dir():
+            raise IsADirectoryError(f"{target} is a folder")
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".emtm-write-check-"):
+            pass
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise EmtmError(f"{flag} {path}: cannot write there ({reason}); choose a writable path") from None
 
 
 def lock_file(path: str | os.PathLike, wait: bool = True) -> IO | None:

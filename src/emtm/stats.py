@@ -30,15 +30,16 @@ def t975(df: int) -> float:
     return _Z975 + (_Z975**3 + _Z975) / (4 * df)
 
 
-def mean_ci(values: Sequence[float]) -> dict[str, float]:
-    """mean, std (ddof 1), the 95% t half-width `ci` (nan for one value) and `n`."""
+def mean_ci(values: Sequence[float]) -> dict[str, float | None]:
+    """mean, std (ddof 1), the 95% t half-width `ci` (std and ci None for one value) and `n`."""
     x = np.asarray(values, dtype=np.float64)
     n = len(x)
     if n == 0:
         raise ValueError("no values")
-    std = float(x.std(ddof=1)) if n > 1 else float("nan")
-    ci = t975(n - 1) * std / math.sqrt(n) if n > 1 else float("nan")
-    return {"mean": float(x.mean()), "std": std, "ci": ci, "n": n}
+    if n == 1:
+        return {"mean": float(x.mean()), "std": None, "ci": None, "n": 1}
+    std = float(x.std(ddof=1))
+    return {"mean": float(x.mean()), "std": std, "ci": t975(n - 1) * std / math.sqrt(n), "n": n}
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:

@@ -44,8 +44,8 @@ def distinct_top1(preds: SplitPredictions) -> dict[str, float]:
     n = len(groups)
     return {
         "n_videos": n,
-        "distinct_top1_share": 100.0 * n_not_same / n if n else float("nan"),
-        "all_distinct_share": 100.0 * n_all / n if n else float("nan"),
+        "distinct_top1_share": 100.0 * n_not_same / n if n else None,  # None: no video has 2 queries
+        "all_distinct_share": 100.0 * n_all / n if n else None,
     }
 
 
