@@ -616,17 +616,44 @@ def cmd_predict(args: argparse.Namespace) -> int:
         w = video.prepared
         print(
             f"{path.name}: {w.n_clips} clips, grounded in {len(w.spans)} sliding windows of {w.window} clips "
-            f"(stride {w.stride}), moments merged across windows with temporal NMS"
+            f"(stride {w.stride}), moments merged across windows with temporal NMS",
+            file=sys.stderr if args.json == "-" else sys.stdout,
         )
-    for query, moments in zip(args.query, results):
-        moments = moments if isinstance(moments, list) else [moments]
-        rows = [[i + 1, m.start, m.end, m.score] for i, m in enumerate(moments)]
-        print_table(
-            f"{query!r} in {path.name} ({video.duration:.1f} s)",
-            ["rank", "start (s)", "end (s)", "score"],
-            rows,
-        )
+    report_moments(str(path), video.duration, args.query, results, args.json)
     return 0
+
+
+def report_moments(
+    source: str, duration: float, queries: list[str], results: list, json_out: str | None
+) -> None:
+    """One table of ranked moments per query; with `json_out`, the same as JSON (to stdout for "-",
+    the tables then going to stderr)."""
+    import contextlib
+    import json
+
+    from emtm.io import write_json
+
+    record = {"source": source, "duration": duration, "queries": []}
+    to_stderr = contextlib.redirect_stdout(sys.stderr) if json_out == "-" else contextlib.nullcontext()
+    with to_stderr:
+        for query, moments in zip(queries, results):
+            moments = moments if isinstance(moments, list) else [moments]
+            print_table(
+                f"{query!r} in {Path(source).name} ({duration:.1f} s)",
+                ["rank", "start (s)", "end (s)", "score"],
+                [[i + 1, m.start, m.end, m.score] for i, m in enumerate(moments)],
+            )
+            record["queries"].append(
+                {
+                    "query": query,
+                    "moments": [{"start": m.start, "end": m.end, "score": m.score} for m in moments],
+                }
+            )
+    if json_out == "-":
+        print(json.dumps(record, allow_nan=False))
+    elif json_out:
+        write_json(json_out, record)
+        print(f"wrote {json_out}")
 
 
 def predict_split(args: argparse.Namespace) -> int:
@@ -640,19 +667,33 @@ def predict_split(args: argparse.Namespace) -> int:
         raise EmtmError("--data needs --out preds.jsonl: where to write one line per query")
     if args.features or args.query:
         raise EmtmError("--features/--query ground one video; leave them out with --data (a whole split)")
+    import contextlib
+    import shutil
+    import tempfile
+
     device = resolve_device(args.device)
     run = load_model(args.model or args.run, device)
     precision = speed.prepare_inference(run.model, args.precision, device, args.cast, args.compile)
-    with speed.autocast(precision, device):
-        summary = predict_file(
-            run, args.data, args.split, args.out, device, args.top_k, args.batch_size, not args.no_progress
+    with contextlib.ExitStack() as stack:
+        out = args.out
+        if out == "-":  # the lines to stdout, everything else to stderr
+            out = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "preds.jsonl"
+            stack.enter_context(contextlib.redirect_stdout(sys.stderr))
+        with speed.autocast(precision, device):
+            summary = predict_file(
+                run, args.data, args.split, out, device, args.top_k, args.batch_size, not args.no_progress
+            )
+        print_table(
+            f"predictions of {args.model or args.run} on {args.split}",
+            ["split", "queries", "videos", "top-k", "file"],
+            [[args.split, summary["n_queries"], summary["n_videos"], summary["top_k"], args.out]],
         )
-    print_table(
-        f"predictions of {args.model or args.run} on {args.split}",
-        ["split", "queries", "videos", "top-k", "file"],
-        [[args.split, summary["n_queries"], summary["n_videos"], summary["top_k"], args.out]],
-    )
-    print(f"next: emtm evaluate --preds {args.out} --data {args.data} --split {args.split}")
+        if args.out == "-":
+            with open(out, encoding="utf-8") as lines:
+                shutil.copyfileobj(lines, sys.__stdout__)
+            sys.__stdout__.flush()
+        else:
+            print(f"next: emtm evaluate --preds {args.out} --data {args.data} --split {args.split}")
     return 0
 
 
@@ -1022,10 +1063,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="one video: its length in seconds (default: T x the model's clip length)",
     )
     p.add_argument("--query", action="append", help="one video: a sentence (repeat for several)")
+    p.add_argument("--json", help="one video: also write the moments as JSON here ('-': to stdout)")
     p.add_argument("--data", help="a split: the data.yaml whose queries to predict")
     p.add_argument("--split", default="test", help="a split: which one (train, val, test)")
     p.add_argument(
-        "--out", help="a split: the JSON-lines file to write (qid, vid, query, pred_relevant_windows)"
+        "--out",
+        help="a split: the JSON-lines file to write (qid, vid, query, pred_relevant_windows); '-': stdout",
     )
     p.add_argument("--top-k", type=positive_int, default=None, help="moments per query (default: 5)")
     p.add_argument(

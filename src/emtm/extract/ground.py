@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--video", required=True, help="a video file (.mp4, .avi, .mkv, ...)")
     p.add_argument("--query", action="append", required=True, help="a sentence (repeat for several)")
     p.add_argument("--top-k", type=positive_int, default=5, help="moments per sentence (default 5)")
+    p.add_argument("--json", help="also write the moments as JSON here ('-': to stdout)")
     p.add_argument(
         "--backbone",
         help="only for a backbone that its recorded name cannot rebuild (a Python factory returning its "
@@ -59,12 +61,10 @@ def check_backbone(backbone: Any, recorded: str, dim: int, model: str) -> None:
 
 def cmd_ground(args: argparse.Namespace) -> int:
     from emtm.api import Grounder
-    from emtm.cli import print_table
+    from emtm.cli import report_moments
     from emtm.extract.backbones import build_backbone
     from emtm.extract.extractor import extract_one
 
-    if args.top_k < 1:
-        raise EmtmError(f"--top-k {args.top_k}: must be at least 1")
     grounder = Grounder.load(args.model, device=args.device)
     recorded, fps, clip_seconds = feature_spec(grounder.config, args.model)
     if not (math.isfinite(fps) and clip_seconds * fps >= 1 - 1e-6):
@@ -76,13 +76,8 @@ def cmd_ground(args: argparse.Namespace) -> int:
     results = video.ground_many(args.query, top_k=args.top_k)
     print(
         f"{args.video}: {info.duration:.2f} s, {features.shape[0]} clips of {clip_seconds:g} s, "
-        f"{recorded} features"
+        f"{recorded} features",
+        file=sys.stderr if args.json == "-" else sys.stdout,
     )
-    for query, moments in zip(args.query, results):
-        moments = moments if isinstance(moments, list) else [moments]
-        print_table(
-            repr(query),
-            ["rank", "start (s)", "end (s)", "score"],
-            [[i + 1, m.start, m.end, m.score] for i, m in enumerate(moments)],
-        )
+    report_moments(args.video, info.duration, args.query, results, args.json)
     return 0
