@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv debs clean
+.PHONY: demo demo-full test lint venv debs clean
 # Debian packages the tests use: Fashion-MNIST photographs (the real-pixel benchmark) and chromium
 # (the web demo's browser test); installed when missing and apt-get can run (root), else say how
 DEBS := dataset-fashion-mnist chromium
@@ -25,10 +25,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
-# make demo DEMO_PRESET=small-pixels: the same job on the real-pixel benchmark (needs Fashion-MNIST)
-DEMO_PRESET ?= small
-demo: $(STAMP) $(if $(findstring pixels,$(DEMO_PRESET)),debs)
-	$(BIN)/python -m emtm demo --preset $(DEMO_PRESET)
+# make demo: the quick demo on real pixels (small-pixels, Fashion-MNIST photographs in H.264 videos);
+# make demo-full: the full demo (three teachers, 8 epochs, the synthetic small preset)
+demo: $(STAMP) debs
+	$(BIN)/python -m emtm demo
+
+demo-full: $(STAMP)
+	$(BIN)/python -m emtm demo --full
 
 test: $(STAMP) debs
 	$(BIN)/python -m pytest

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from emtm.cli import main
-from emtm.demo import DEMO_TEACHERS
+from emtm.demo import QUICK_TEACHERS
 
-FIRST_TEACHER = next(iter(DEMO_TEACHERS))
-ROWS = ["prior", *[f"teacher: {t}" for t in DEMO_TEACHERS], "student alone", "EMTM student"]
+FIRST_TEACHER = next(iter(QUICK_TEACHERS))
+ROWS = ["prior", *[f"teacher: {t}" for t in QUICK_TEACHERS], "student alone", "EMTM student"]
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +38,17 @@ def test_demo_reports_every_model_and_draws_figures(demo: Path, capsys: pytest.C
     for row in report.values():
         assert 0 <= row["r1@0.7"] <= row["r1@0.5"] <= row["r1@0.3"] <= 100
         assert row["n_queries"] == report["prior"]["n_queries"] > 0
-    # the EMTM student is the student architecture: same FLOPs and params, far below the seqpan teacher
+    # the EMTM student is the student architecture: same FLOPs and params, below the proposal teacher
     assert report["EMTM student"]["gflops"] == pytest.approx(report["student alone"]["gflops"])
     assert report["EMTM student"]["params_m"] == pytest.approx(report["student alone"]["params_m"])
-    assert report["EMTM student"]["gflops"] < report["teacher: seqpan"]["gflops"]
+    assert report["EMTM student"]["gflops"] < report["teacher: proposals"]["gflops"]
     assert all(report[name]["train_s"] > 0 for name in ROWS[1:])
     assert "| EMTM student |" in (demo / "report.md").read_text()
     kau = json.loads((demo / "emtm" / "kau.json").read_text())  # the KAU's weights on validation
-    assert [t["teacher"] for t in kau["teachers"]] == list(DEMO_TEACHERS)
+    assert [t["teacher"] for t in kau["teachers"]] == list(QUICK_TEACHERS)
     assert sum(t["weight_start"] for t in kau["teachers"]) == pytest.approx(1.0, abs=1e-4)
     # one teacher cache per teacher on train, and on test for the figures
-    for teacher in DEMO_TEACHERS:
+    for teacher in QUICK_TEACHERS:
         assert (demo / "caches" / f"{teacher}.h5").exists() and (
             demo / "caches" / "test" / f"{teacher}.h5"
         ).exists()
@@ -94,4 +94,13 @@ def test_demo_rerun_refreshes_what_an_emtm_run_retrained_in_place_left_stale(
         assert path.stat().st_mtime_ns > max(stale[path], trained.stat().st_mtime_ns)
     assert cache.stat().st_mtime_ns > max(stale_cache, teacher.stat().st_mtime_ns)
     kau = json.loads((demo / "emtm" / "kau.json").read_text())
-    assert [t["teacher"] for t in kau["teachers"]] == list(DEMO_TEACHERS)
+    assert [t["teacher"] for t in kau["teachers"]] == list(QUICK_TEACHERS)
+
+
+def test_the_full_demo_plan_has_three_teachers_and_the_quick_one_two() -> None:
+    from emtm.demo import DEMO_TEACHERS, demo_plan
+
+    full, quick = demo_plan(full=True), demo_plan(full=False)
+    assert list(full.teachers) == list(DEMO_TEACHERS) == ["seqpan", "proposals", "regress"]
+    assert list(quick.teachers) == ["proposals", "regress"]
+    assert quick.student.optim.epochs < full.student.optim.epochs

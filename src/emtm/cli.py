@@ -772,7 +772,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from emtm.demo import run_demo
 
     data_dir = Path(args.data_dir) if args.data_dir else None
-    run_demo(Path(args.out), preset=args.preset, epochs=args.epochs, data_dir=data_dir)
+    run_demo(Path(args.out), preset=args.preset, epochs=args.epochs, data_dir=data_dir, full=args.full)
     return 0
 
 
@@ -1118,7 +1118,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job on built-in data: synth -> train -> evaluate -> table")
     p.add_argument("--out", default="runs/demo", help="where the demo's runs and results go")
     p.add_argument("--data-dir", help="where the built-in benchmark is written (default data/synth-PRESET)")
-    p.add_argument("--preset", default="small", help="synthetic benchmark preset (see emtm synth --help)")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="the full demo: three teachers at 8 epochs on the synthetic small preset (default: the quick "
+        "one, two teachers at 6 epochs on the real-pixel small-pixels preset)",
+    )
+    p.add_argument(
+        "--preset",
+        help="built-in benchmark preset (default small-pixels, or small with --full; emtm synth --help)",
+    )
     p.add_argument(
         "--epochs", type=positive_int, default=None, help="epochs for each model (default: the demo's)"
     )

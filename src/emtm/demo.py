@@ -26,8 +26,15 @@ from emtm.errors import EmtmError
 from emtm.extract.pixel_benchmark import generate_preset
 from emtm.io import write_json, write_markdown_table
 
-# Sized so the whole demo fits in 20 minutes on 2 CPU cores (README has the measured times).
+# Two demos (README has the measured times on 2 CPU cores):
+# * quick, the default: real pixels (small-pixels), two teachers of two output forms, short training;
+# * full (`--full`): the synthetic small preset, three teachers, 8 epochs each.
 DEMO_EPOCHS = 8
+QUICK_EPOCHS = 6
+QUICK_TEACHERS: dict[str, tuple[int, dict[str, Any]]] = {
+    "proposals": (QUICK_EPOCHS, {}),
+    "regress": (QUICK_EPOCHS, {}),
+}
 # KD weight of the demo's EMTM student, chosen on the validation split among the paper's variants
 # (benchmarks/distill_variants.py on the demo's teachers, docs/RESULTS.md): 3.2 = 0.1 x 32, the method's
 # 0.1 on a batch-summed KL at this batch size, and the config default (emtm.distill.model).
@@ -101,16 +108,18 @@ def compare_models(
     return results
 
 
-def demo_plan(epochs: int | None = None) -> Plan:
-    """Teachers of three output forms, the student alone and EMTM, sized for 2 CPU cores."""
+def demo_plan(epochs: int | None = None, full: bool = True) -> Plan:
+    """Teachers of several output forms, the student alone and EMTM, sized for 2 CPU cores: the full
+    demo's three teachers at 8 epochs, or the quick demo's two at 6."""
+    teachers, student_epochs = (DEMO_TEACHERS, DEMO_EPOCHS) if full else (QUICK_TEACHERS, QUICK_EPOCHS)
 
     def stage(model: str, default_epochs: int, **options: Any) -> Stage:
         return Stage(model, options, OptimConfig(epochs=epochs or default_epochs, lr=1e-3))
 
     return Plan(
         baselines={"prior": Stage("prior", {}, OptimConfig(epochs=1))},
-        teachers={name: stage(name, n, **options) for name, (n, options) in DEMO_TEACHERS.items()},
-        student=stage("student", DEMO_EPOCHS),
+        teachers={name: stage(name, n, **options) for name, (n, options) in teachers.items()},
+        student=stage("student", student_epochs),
         emtm_options={"kd_weight": DEMO_KD_WEIGHT},
     )
 
@@ -124,11 +133,17 @@ def written_preset(yaml_path: Path) -> str | None:
 
 
 def run_demo(
-    out: Path, preset: str = "small", epochs: int | None = None, data_dir: Path | None = None
+    out: Path,
+    preset: str | None = None,
+    epochs: int | None = None,
+    data_dir: Path | None = None,
+    full: bool = False,
 ) -> dict[str, Any]:
-    """teachers -> export -> distill -> evaluate on the built-in synthetic benchmark, one table at the end."""
+    """teachers -> export -> distill -> evaluate on a built-in benchmark, one table at the end: the quick
+    demo (default preset small-pixels) or, with `full`, the full one (default preset small)."""
     from emtm.cli import print_kau_summary, print_table
 
+    preset = preset or ("small" if full else "small-pixels")
     data_dir = data_dir or Path("data") / f"synth-{preset}"
     yaml_path = data_dir / "data.yaml"
     if yaml_path.exists():
@@ -142,13 +157,16 @@ def run_demo(
     else:
         print(f"writing the built-in benchmark (preset {preset!r}) to {data_dir}")
         generate_preset(preset, data_dir)
-    plan = demo_plan(epochs)
+    plan = demo_plan(epochs, full)
     sizes = ", ".join(
         f"{n} {s.optim.epochs} ep" for n, s in {**plan.teachers, "student": plan.student}.items()
     )
+    kind, other = (
+        ("full", "the quick one: emtm demo") if full else ("quick", "the full one: emtm demo --full")
+    )
     print(
-        f"demo: preset {preset!r}, short training ({sizes}; EMTM as the student, KD weight "
-        f"{DEMO_KD_WEIGHT}) so that it fits in about 20 minutes on 2 CPU cores; full-size runs: benchmarks/"
+        f"{kind} demo: preset {preset!r}, short training ({sizes}; EMTM as the student, KD weight "
+        f"{DEMO_KD_WEIGHT}); {other}; full-size runs: benchmarks/"
     )
     started = time.perf_counter()
     report = run_pipeline(plan, yaml_path, out)
