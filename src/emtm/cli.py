@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 METRIC_KEYS = ("r1@0.3", "r1@0.5", "r1@0.7", "r5@0.3", "r5@0.5", "r5@0.7", "miou")
 
+log = logging.getLogger("emtm")
+
 
 def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     from rich.console import Console
@@ -315,6 +317,15 @@ def cmd_distill(args: argparse.Namespace) -> int:
         missing = [t for t in args.teachers if not Path(t).exists()]
         if missing:
             raise EmtmError(f"teacher cache(s) not found: {missing}; build them with `emtm teachers export`")
+        resolved = [Path(t).resolve() for t in args.teachers]
+        twice = sorted({str(t) for t in resolved if resolved.count(t) > 1})
+        if twice:
+            log.warning("the same teacher cache is given twice: %s; the KAU weighs it as two teachers", twice)
+        if not args.teachers:
+            log.warning(
+                "emtm distill without --teachers: the student learns from the isomorphic teacher alone (no "
+                "cached teacher, no KAU); build caches with `emtm teachers export`"
+            )
         args.model = "emtm"
         args.set = [f"model_options.n_teachers={len(args.teachers)}", *args.set]
     cfg = run_config(args)

@@ -127,7 +127,26 @@ def prepare(
     }
     for name, split in splits.items():
         check_not_empty(split, name)
+        warn_duplicates(split, name)
     return Prepared(cfg, store, splits)
+
+
+def warn_duplicates(split: SplitData, name: str) -> None:
+    """One warning when queries repeat (same video, sentence and moment): they weigh twice in training
+    and in the metrics."""
+    seen: set[tuple] = set()
+    repeats = []
+    for s in split.samples:
+        key = (s.video_id, " ".join(s.sentence.lower().split()), round(s.start, 3), round(s.end, 3))
+        if key in seen:
+            repeats.append(s.sample_id)
+        seen.add(key)
+    if repeats:
+        log.warning(
+            "split %s (%s): %d queries repeat an earlier one (same video, sentence and moment), e.g. %s; "
+            "they count twice in training and in the metrics",
+            name, split.source, len(repeats), repeats[:3],
+        )  # fmt: skip
 
 
 def check_not_empty(split: SplitData, name: str) -> None:
@@ -154,6 +173,18 @@ def encode_query(
     return vocab.encode(tokens), vocab.encode_chars(tokens, max_chars)
 
 
+def warn_unknown_queries(samples: list[Sample], vocab: Vocab) -> None:
+    """One warning when some queries have no word the vocabulary knows: the model sees only UNK there."""
+    known = set(vocab.words[2:])
+    blind = [s.sample_id for s in samples if not any(w in known for w in tokenize(s.sentence))]
+    if blind:
+        log.warning(
+            "%d of %d queries have no word in the model's vocabulary (%d words), e.g. %s: the model reads "
+            "them as unknown words only; check the language or the word vectors",
+            len(blind), len(samples), len(known), blind[:3],
+        )  # fmt: skip
+
+
 class GroundingDataset(Dataset):
     """One item per query: resampled video features, encoded query and clip-index labels."""
 
@@ -162,6 +193,7 @@ class GroundingDataset(Dataset):
         self.store = store
         self.vocab = vocab
         self.cfg = cfg
+        warn_unknown_queries(samples, vocab)
 
     def __len__(self) -> int:
         return len(self.samples)
