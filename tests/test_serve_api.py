@@ -134,7 +134,17 @@ def test_a_long_video_is_grounded_in_windows_and_still_gets_curves(served: dict,
     assert video.windows  # the Grounder's default for a long video: sliding windows
     best = video.ground("a circle", top_k=3)
     assert body["moments"] == [{"start": m.start, "end": m.end, "score": m.score} for m in best]
-    assert body["n_clips"] == 80 and body["curves"]["start"] and body["curves"]["end"]
+    assert body["n_clips"] == 80
+    curves = body["curves"]  # on the video's own 80 clips, the time axis of the moments
+    assert len(curves["times"]) == len(curves["start"]) == len(curves["end"]) == 80
+    assert curves["times"][0] == pytest.approx(0.25) and curves["times"][-1] == pytest.approx(39.75)
+    assert sum(curves["start"]) == pytest.approx(1.0, abs=1e-5)
+    # inside the first window (no overlap there) the curve is that window's own, scaled
+    from emtm.serve.service import probability_curves
+
+    first = probability_curves(grounder, video.prepared.windows[0], "a circle")["start"]
+    head = np.array(curves["start"][:8]) / np.array(first[:8])
+    assert np.allclose(head, head[0], rtol=1e-4)
 
 
 def test_upload_then_ground_and_the_upload_limit(served: dict) -> None:
@@ -461,3 +471,17 @@ def test_the_start_up_table_shows_byte_limits_as_the_flags_take_them() -> None:
     assert readable("max_upload_bytes", 200 * 2**20) == "200 MiB"
     assert readable("max_body_bytes", 64 * 2**10) == "64 KiB"
     assert readable("max_upload_cache", 20) == "20"
+
+
+def test_no_server_path_and_no_500_reaches_a_client(served: dict) -> None:
+    client = TestClient(client_for(served).app, raise_server_exceptions=False)
+    body = b'{"video": "one.mp4", "query": "a \\ud800 red square"}'  # a lone UTF-16 surrogate
+    lone = client.post("/ground", content=body, headers={"content-type": "application/json"})
+    assert lone.status_code == 422 and "lone UTF-16 surrogate" in lone.json()["detail"]
+    info = client.get("/info").text
+    missing = client.post("/ground", json={"upload": "nope.mp4", "query": "a"}).text
+    for text in (info, missing):
+        for folder in (served["root"], served["model"], served["videos"]):
+            assert str(folder) not in text, text
+    assert client.get("/info").json()["model"] == served["model"].name
+

@@ -17,7 +17,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from emtm import __version__
@@ -70,6 +70,17 @@ class BodyLimit:
         return await self.app(scope, limited, send)
 
 
+def without_paths(obj: Any) -> Any:
+    """`obj` with every absolute path (a string, or a key) cut to its last part: what a client may see."""
+    if isinstance(obj, dict):
+        return {without_paths(k): without_paths(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [without_paths(v) for v in obj]
+    if isinstance(obj, str) and os.path.isabs(obj):
+        return Path(obj).name
+    return obj
+
+
 class GroundRequest(BaseModel):
     """One query in one video: give exactly one of `video`, `upload` and `features`."""
 
@@ -80,6 +91,18 @@ class GroundRequest(BaseModel):
     features: list[list[float]] | None = Field(None, description="precomputed (T, D) clip features")
     duration: float | None = Field(None, description="seconds; needed with `features` unless the model knows")
     top_k: int | None = Field(None, description="how many moments, best first, after NMS (default 5)")
+
+    @field_validator("query", "video", "upload")
+    @classmethod
+    def _utf8(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(
+                    "holds a lone UTF-16 surrogate, which is no text; send valid UTF-8"
+                ) from None
+        return value
 
 
 class MomentOut(BaseModel):
@@ -230,18 +253,30 @@ def create_app(
     app.add_middleware(BodyLimit, limits=limits)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
+    # Messages name the model, videos and cache by their folder's name, never by an absolute path.
+    private = sorted(
+        {str(p) for p in (Path(model_dir).resolve(), Path(model_dir), videos_root, service.cache_dir,
+                          Path(service.cache_dir).resolve()) if p is not None and str(p) not in ("", ".")},
+        key=len, reverse=True,
+    )  # fmt: skip
+
+    def scrub(message: str) -> str:
+        for path in private:
+            message = message.replace(path, Path(path).name)
+        return message
+
     @app.exception_handler(Refused)
     async def refused(_: Request, err: Refused) -> JSONResponse:
-        return JSONResponse({"detail": err.message}, status_code=err.status)
+        return JSONResponse({"detail": scrub(err.message)}, status_code=err.status)
 
     @app.exception_handler(EmtmError)
     async def emtm_error(_: Request, err: EmtmError) -> JSONResponse:
-        return JSONResponse({"detail": str(err)}, status_code=422)
+        return JSONResponse({"detail": scrub(str(err))}, status_code=422)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
         parts = [f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in err.errors()]
-        return JSONResponse({"detail": "invalid request: " + "; ".join(parts)}, status_code=422)
+        return JSONResponse({"detail": scrub("invalid request: " + "; ".join(parts))}, status_code=422)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
@@ -250,13 +285,13 @@ def create_app(
     @app.get("/info")
     async def info() -> dict[str, Any]:
         """The model, what raw video extraction it allows, and the server's limits."""
-        teachers = {"available": examples is not None, "reason": no_examples or None}
+        teachers = {"available": examples is not None, "reason": scrub(no_examples) if no_examples else None}
         if examples is not None:
             teachers.update(split=examples.view.split, names=examples.teachers, total=len(examples.view))
         return {
-            **service.info(),
+            **without_paths(service.info()),
             "limits": limits.as_dict(),
-            "videos_dir": str(videos_root or ""),
+            "videos_dir": videos_root.name if videos_root else "",  # a name, not a server path
             "teachers": teachers,
         }
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from emtm.api import Grounder
-from emtm.engine.inference import PreparedVideo, encoded_batch, query_batch
+from emtm.engine.inference import PreparedVideo, WindowedVideo, encoded_batch, query_batch
 from emtm.errors import EmtmError
 from emtm.io import atomic_path, write_json
 from emtm.models.layers import masked_softmax
@@ -61,6 +61,29 @@ def probability_curves(
     return {"times": times, "start": [float(x) for x in start], "end": [float(x) for x in end]}
 
 
+def window_curves(grounder: Grounder, video: WindowedVideo, query: str) -> dict[str, list[float]] | None:
+    """The start and end curves of a long video grounded in sliding windows, on its own T clips: each
+    window's curves (`probability_curves`) placed on the clips it covers, averaged where windows overlap
+    and renormalised, so the curves and the moments come from the same windows and share one time axis."""
+    n = video.n_clips
+    start, end, cover = np.zeros(n), np.zeros(n), np.zeros(n)
+    for prepared, (first, stop) in zip(video.windows, video.spans, strict=True):
+        curves = probability_curves(grounder, prepared, query)
+        if curves is None:
+            return None
+        start[first:stop] += curves["start"]
+        end[first:stop] += curves["end"]
+        cover[first:stop] += 1
+    start, end = start / np.maximum(cover, 1), end / np.maximum(cover, 1)
+    start, end = start / start.sum(), end / end.sum()
+    step = video.clip_seconds
+    return {
+        "times": [round((i + 0.5) * step, 4) for i in range(n)],
+        "start": [float(x) for x in start],
+        "end": [float(x) for x in end],
+    }
+
+
 class GroundingService:
     """One loaded model, its extractor (built on first use) and a per-content feature cache."""
 
@@ -92,7 +115,7 @@ class GroundingService:
     def info(self) -> dict[str, Any]:
         config = self.grounder.config
         return {
-            "model": str(self.model_dir),
+            "model": self.model_dir.name,  # never an absolute server path
             "architecture": config["architecture"]["name"],
             "feature_dim": self.grounder.feature_dim,
             "max_video_len": self.grounder.max_video_len,
@@ -220,14 +243,10 @@ class GroundingService:
         video = self.grounder.encode_video(features, duration)
         moments = video.ground(query, top_k=top_k)
         moments = moments if isinstance(moments, list) else [moments]
-        # A long video is grounded in sliding windows; its curves come from the whole video, mean-pooled
-        # onto the model's grid (the page draws one curve per video).
-        whole = (
-            video
-            if not video.windows
-            else self.grounder.encode_video(features, duration, long_video="resample")
-        )
-        curves = probability_curves(self.grounder, whole.prepared, query)
+        if video.windows:  # the windows the moments come from, stitched onto the video's clips
+            curves = window_curves(self.grounder, video.prepared, query)
+        else:
+            curves = probability_curves(self.grounder, video.prepared, query)
         return {
             "duration": video.duration,
             "n_clips": video.prepared.n_clips,
