@@ -1117,7 +1117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
-        "export", help="write a self-contained model folder (student only): safetensors, config, vocab, card"
+        "export",
+        help="write a self-contained model folder of a run (of a distilled run, its student; of any other, "
+        "its own model): safetensors, config, vocab, card",
     )
     p.add_argument("--run", required=True, help="run directory (emtm train, or emtm distill: its student)")
     p.add_argument("--out", required=True, help="model folder to write, e.g. models/emtm-charades")

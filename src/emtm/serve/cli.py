@@ -65,6 +65,11 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_serve)
 
 
+def page_url(host: str, port: int) -> str:
+    """The page's URL; an IPv6 address goes in brackets (http://[::1]:8000/)."""
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
 def is_loopback(host: str) -> bool:
     if host in LOOPBACK:
         return True
@@ -147,7 +152,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ["cache", str(service.cache_dir)],
         ["teachers/KAU", examples.summary() if examples is not None else f"off: {app.state.teachers_off}"],
         *[[k, readable(k, v)] for k, v in limits.as_dict().items()],
-        ["page", f"http://{args.host}:{args.port}/"],
+        ["page", page_url(args.host, args.port)],
     ]  # fmt: skip
     print_table("emtm serve", ["setting", "value"], rows)
     if not is_loopback(args.host):
