@@ -63,7 +63,8 @@ def model_device(run: LoadedRun) -> torch.device:
 def check_features(run: LoadedRun, features: np.ndarray) -> np.ndarray:
     """`features` as a (T, D) float32 array of the model's feature dimension, or a clear EmtmError."""
     try:
-        features = np.asarray(features, dtype=np.float32)
+        with np.errstate(over="ignore"):  # beyond float32 becomes Inf, refused below
+            features = np.asarray(features, dtype=np.float32)
     except (TypeError, ValueError) as err:
         raise EmtmError(f"features are not a numeric array ({err}); expected (T, D) clip features") from None
     dim = run.spec.video_dim
