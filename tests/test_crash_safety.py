@@ -234,3 +234,43 @@ def test_atomic_writes_fsync_the_file_and_its_folder_and_never_leave_half_a_file
         raise RuntimeError("killed mid-write")
     assert json.loads(target.read_text()) == {"new": True}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+def test_sigkill_at_random_moments_leaves_a_resumable_checkpoint_or_nothing(
+    tiny_data: Path, tmp_path: Path, reference: Path
+) -> None:
+    """Three SIGKILLs at seeded random moments of real `emtm train` processes (the "slow" child makes a
+    batch last 0.5 s so the kills land inside training). After each, either no checkpoint exists yet, or
+    the last complete one loads; resuming from whatever is left ends on the uninterrupted run's weights."""
+    import random
+
+    out, marker = tmp_path / "run", tmp_path / "marker"
+    rng = random.Random(7)
+    kills = []
+    for _ in range(3):
+        resume = (out / "last_state.pt").exists()
+        argv = [
+            "train",
+            "--data",
+            str(tiny_data),
+            "--out",
+            str(out),
+            *ARGS,
+            *(["--resume"] if resume else []),
+        ]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "EMTM_FAULT": "slow", "EMTM_FAULT_MARKER": str(marker)}
+        child = subprocess.Popen([sys.executable, "-c", CHILD, *argv], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
+        time.sleep(rng.uniform(0.5, 4.0))
+        child.send_signal(signal.SIGKILL)
+        child.communicate(timeout=60)
+        kills.append(child.returncode)
+        if (out / "last_state.pt").exists():
+            state = load_train_state(out)  # never a corrupt file: the last complete checkpoint
+            assert 0 <= state["epoch"] <= 2 and state["batch"] <= STEPS_PER_EPOCH
+        for temp in out.glob(".*.tmp*"):  # a kill mid-write leaves at most a hidden temp file
+            assert not temp.name.startswith(("last_state.pt", "model.safetensors"))
+    assert kills.count(-signal.SIGKILL) >= 2, kills  # most kills landed before the run could finish
+    resume = ["--resume"] if (out / "last_state.pt").exists() else ["--overwrite"]
+    assert main(["train", "--data", str(tiny_data), "--out", str(out), *ARGS, *resume]) == 0
+    assert_same_run(out, reference)
