@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from emtm.config import TrainConfig, load_data_config
+from emtm.config import DataConfig, TrainConfig, load_data_config
 from emtm.data.annotations import read_annotations
 from emtm.data.features import H5Store, NpyDirStore, open_feature_store, write_npy_dir
 from emtm.data.text import PAD, UNK, Vocab
@@ -1310,7 +1310,56 @@ def resumed_with_other_flags(tmp: Path) -> Call:
     return lambda: run_config(args)
 
 
+def empty_split(tmp: Path) -> Call:
+    from emtm.data.dataset import prepare
+
+    write(tmp / "train.txt", "")
+    write(tmp / "d.json", DUR)
+    (tmp / "feats").mkdir()
+    np.save(tmp / "feats" / "v1.npy", np.ones((4, 3), dtype=np.float32))
+    cfg = DataConfig(format="charades_sta", splits={"train": str(tmp / "train.txt")},
+                     durations=str(tmp / "d.json"), features=str(tmp / "feats"))  # fmt: skip
+    return lambda: prepare(cfg, 0, ("train",))
+
+
+def huge_features(tmp: Path) -> Call:
+    (tmp / "feats").mkdir()
+    np.save(tmp / "feats" / "v1.npy", np.full((4, 3), 1e38, dtype=np.float32))
+    return lambda: open_feature_store(tmp / "feats").load("v1")
+
+
+def nan_json(tmp: Path) -> Call:
+    from emtm.io import write_json
+
+    return lambda: write_json(tmp / "m.json", {"r1@0.5": float("nan")})
+
+
+def unwritable_out(tmp: Path) -> Call:
+    from emtm.io import check_writable
+
+    write(tmp / "file", "a file, not a folder")
+    return lambda: check_writable(tmp / "file" / "run", "--out")
+
+
+def one_split_benchmark(tmp: Path) -> Call:
+    import dataclasses
+
+    from emtm.data import synth
+
+    cfg = dataclasses.replace(synth.PRESETS["tiny"], n_test_videos=0)
+    return lambda: synth.generate(cfg, tmp / "bench", progress=False)
+
+
 WORK_CASES = [
+    Case("split-empty", empty_split, DataError, ("split 'train' (", "is empty: the file holds no query")),
+    Case(
+        "features-huge", huge_features, DataError, ("{tmp}/feats/v1.npy", "beyond +/-10000 (largest 1e+38)")
+    ),
+    Case("json-nan", nan_json, EmtmError, ("{tmp}/m.json: not written, r1@0.5 is nan",)),
+    Case("out-unwritable", unwritable_out, EmtmError, ("--out {tmp}/file/run: cannot write there",)),
+    Case(
+        "synth-one-split", one_split_benchmark, ConfigError, ("n_test_videos (0) must each be", "needs both")
+    ),
     Case(
         "train-over-finished-run",
         trained_run_dir,
