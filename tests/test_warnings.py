@@ -59,3 +59,14 @@ def test_distill_warns_about_missing_or_doubled_caches(
         assert main(argv) == 0
     expected = "the same teacher cache is given twice" if teachers else "emtm distill without --teachers"
     assert expected in caplog.text
+
+
+def test_durations_that_disagree_with_extracted_features_are_warned_about(caplog) -> None:
+    from emtm.data.dataset import warn_duration_mismatch
+
+    extracted = {"clip_seconds": 1.0, "videos": {"v1": {"clips": 30}, "v2": {"clips": 12}}}
+    samples = [sample(0, "a"), Sample("q1", "v2", 30.0, 1.0, 5.0, "b")]  # v2: 12 clips of 1 s, not 30 s
+    with caplog.at_level(logging.WARNING, logger="emtm.data"):
+        warn_duration_mismatch(SplitData(samples), "train", extracted)
+    assert len(caplog.records) == 1 and "1 video(s)" in caplog.text
+    assert "v2 (30 s annotated, 12 clips" in caplog.text

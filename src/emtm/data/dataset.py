@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,10 +126,46 @@ def prepare(
         name: filter_missing(split, store, cfg.skip_missing_videos, name)
         for name, split in load_splits(cfg, seed, names, fold).items()
     }
+    extracted = extraction_record(cfg.features_path())
     for name, split in splits.items():
         check_not_empty(split, name)
         warn_duplicates(split, name)
+        if extracted:
+            warn_duration_mismatch(split, name, extracted)
     return Prepared(cfg, store, splits)
+
+
+def extraction_record(features: Path) -> dict | None:
+    """The `features.json` that `emtm extract` writes beside its .npy files (clip length and each
+    video's clips), or None for other stores or an unreadable record."""
+    record = Path(features) / "features.json" if Path(features).is_dir() else None
+    if record is None or not record.is_file():
+        return None
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+        return (
+            data if float(data.get("clip_seconds", 0)) > 0 and isinstance(data.get("videos"), dict) else None
+        )
+    except (ValueError, TypeError, OSError):
+        return None
+
+
+def warn_duration_mismatch(split: SplitData, name: str, extracted: dict) -> None:
+    """One warning when annotated durations disagree with the extracted features by more than a clip:
+    the moments would then be placed at the wrong clips."""
+    clip = float(extracted["clip_seconds"])
+    off = []
+    for video_id, duration in {s.video_id: s.duration for s in split.samples}.items():
+        entry = extracted["videos"].get(video_id) or {}
+        clips = entry.get("clips")
+        if isinstance(clips, int | float) and abs(clips * clip - duration) > clip:
+            off.append(f"{video_id} ({duration:g} s annotated, {clips} clips of {clip:g} s)")
+    if off:
+        log.warning(
+            "split %s: %d video(s) whose annotated duration disagrees with the features by more than a "
+            "clip, e.g. %s; check the durations file and the extraction's --fps / --clip-seconds",
+            name, len(off), off[:2],
+        )  # fmt: skip
 
 
 def warn_duplicates(split: SplitData, name: str) -> None:
