@@ -129,9 +129,11 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Non
 
 def check_writable(path: str | os.PathLike, flag: str) -> None:
     """Before any work: that `path` (a file when it has a suffix, else a folder) can be written, by
-    creating its folder and a scratch file there; an EmtmError names the flag and the reason."""
+    creating its folder and a scratch file there, then removing what the check created; an EmtmError
+    names the flag and the reason."""
     target = Path(path)
     folder = target.parent if target.suffix else target
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         if target.suffix and target.is_dir():
@@ -141,6 +143,10 @@ def check_writable(path: str | os.PathLike, flag: str) -> None:
     except OSError as err:
         reason = err.strerror or str(err)
         raise EmtmError(f"{flag} {path}: cannot write there ({reason}); choose a writable path") from None
+    finally:
+        for made in created:  # deepest first; the command creates them again when it writes
+            with contextlib.suppress(OSError):
+                made.rmdir()
 
 
 def lock_file(path: str | os.PathLike, wait: bool = True) -> IO | None:
