@@ -116,12 +116,16 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (each with --threads torch threads)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("runs/bench/generalise"))
+    ap.add_argument("--report-only", action="store_true", help="summarise the finished runs, train nothing")
     args = ap.parse_args()
     benches = dict(b.split("=", 1) for b in args.bench)
     models = [parse_model(m) for m in args.models]
     jobs = [(bench, label, model, sets, seed) for bench in benches for label, model, sets in models
             for seed in args.seeds]  # fmt: skip
     started = time.time()
+
+    if args.report_only:
+        jobs = [j for j in jobs if (args.out / j[0] / f"{j[1]}-s{j[4]}" / "test.json").exists()]
 
     def one(job: tuple) -> tuple:
         bench, label, model, sets, seed = job
