@@ -112,3 +112,19 @@ def test_live_isomorphic_teacher_is_read_in_eval_mode() -> None:
 
 def test_default_kd_weight_is_the_papers_setting_as_a_batch_mean() -> None:
     assert model_config("emtm").kd_weight == 3.2
+
+
+def test_cross_fitting_trains_the_kau_on_out_of_fold_outputs_and_distils_in_sample() -> None:
+    from emtm.distill.kau import ensemble
+
+    torch.manual_seed(0)
+    model = build_model("emtm", model_config("emtm", OPTIONS), SPEC).train()
+    batch = batch_with_teachers(seed=0)
+    batch["kau_dists"] = batch_with_teachers(seed=1)["teacher_dists"]  # other (out-of-fold) outputs
+    out = model(batch)
+    w, mask = out["kau_weights"], batch["video_mask"]
+    torch.testing.assert_close(out["ens_start"], ensemble(batch["kau_dists"], w, mask)[0])
+    torch.testing.assert_close(out["kd_start"], ensemble(batch["teacher_dists"], w, mask)[0])
+    assert not out["kd_start"].requires_grad, "the KD target carries no gradient into the KAU"
+    loss, parts = model.loss(out, batch)
+    assert {"ensemble", "kd"} <= set(parts) and torch.isfinite(loss)

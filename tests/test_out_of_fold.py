@@ -134,3 +134,25 @@ def test_fold_runs_are_refused_on_train_queries_they_were_not_trained_on(
     other = synth.generate(replace(synth.PRESETS["tiny"], seed=1), tmp_path / "other", progress=False)
     with pytest.raises(ConfigError, match="its fold is not held out of these train queries"):
         export_teacher(fold_runs, other, "train", tmp_path / "x.h5", progress=False)
+
+
+def test_distill_cross_fits_the_kau_on_out_of_fold_caches(
+    tiny_data: Path, fold_runs: list[Path], cache_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    oof = tmp_path / "oof.h5"
+    assert (
+        main(
+            ["teachers", "export", "--data", str(tiny_data), "--run", *map(str, fold_runs), "--out", str(oof)]
+        )
+        == 0
+    )
+    run = tmp_path / "run"
+    args = ["distill", "--data", str(tiny_data), "--out", str(run), "--epochs", "1", "--device", "cpu"]
+    args += ["--no-progress", "--set", "model_options.d=32", "--set", "model_options.n_heads=4"]
+    assert main([*args, "--teachers", str(cache_path), "--kau-teachers", str(oof)]) == 0
+    saved = json.loads((run / "config.json").read_text())["train"]
+    assert saved["kau_teachers"] == [str(oof.resolve())] and saved["teachers"] == [str(cache_path.resolve())]
+    assert (
+        main([*args, "--overwrite", "--teachers", str(cache_path), "--kau-teachers", str(oof), str(oof)]) == 2
+    )
+    assert "one out-of-fold cache per teacher" in capsys.readouterr().err

@@ -484,4 +484,3 @@ def test_no_server_path_and_no_500_reaches_a_client(served: dict) -> None:
         for folder in (served["root"], served["model"], served["videos"]):
             assert str(folder) not in text, text
     assert client.get("/info").json()["model"] == served["model"].name
-

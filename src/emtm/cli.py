@@ -331,6 +331,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
     cfg = run_config(args)
     if not args.resume:
         cfg.teachers = [str(Path(t).resolve()) for t in args.teachers]
+        cfg.kau_teachers = [str(Path(t).resolve()) for t in args.kau_teachers]
+        if cfg.kau_teachers and len(cfg.kau_teachers) != len(cfg.teachers):
+            raise EmtmError(
+                f"--kau-teachers gives {len(cfg.kau_teachers)} cache(s) for {len(cfg.teachers)} --teachers: "
+                "one out-of-fold cache per teacher, in the same order"
+            )
     result = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     if not is_main_process():  # torchrun: rank 0 exports and reports
         return 0
@@ -867,6 +873,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="EMTM: distil cached teachers into the student (KAU + shared encoder)")
     add_train_options(p)
     p.add_argument("--teachers", nargs="+", default=[], help="teacher caches (.h5) from `emtm teachers`")
+    p.add_argument(
+        "--kau-teachers",
+        nargs="+",
+        default=[],
+        help="cross-fitting: the same teachers' out-of-fold caches (emtm train --fold, emtm teachers "
+        "export --run RUN0 ... RUNK-1), in the same order: the KAU learns its weights on them, the KD "
+        "targets stay the --teachers caches",
+    )
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser(

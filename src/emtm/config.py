@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from emtm.errors import ConfigError
 
@@ -148,12 +148,26 @@ class TrainConfig(BaseModel):
     model: str = "student"
     model_options: dict[str, Any] = Field(default_factory=dict)
     teachers: list[str] = Field(default_factory=list, description="teacher caches (.h5) for distillation")
+    kau_teachers: list[str] = Field(
+        default_factory=list,
+        description="cross-fitting: the same teachers' out-of-fold caches, in the same order; the KAU "
+        "learns its weights on them while the KD targets stay the in-sample `teachers`",
+    )
     fold: tuple[int, int] | None = Field(
         None, description="(i, k): train without the videos of fold i of k (out-of-fold teacher caches)"
     )
     optim: OptimConfig = Field(default_factory=OptimConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _kau_teachers_pair(self) -> TrainConfig:
+        if self.kau_teachers and len(self.kau_teachers) != len(self.teachers):
+            raise ValueError(
+                f"kau_teachers ({len(self.kau_teachers)}) must pair with teachers ({len(self.teachers)}): "
+                "the out-of-fold cache of each teacher, in the same order"
+            )
+        return self
 
     @field_validator("fold")
     @classmethod

@@ -117,8 +117,21 @@ class EMTM(SpanModel):
             else:
                 weights = self.global_weights(teacher_dists)
             outputs["kau_weights"], outputs["teacher_dists"] = weights, teacher_dists
-            outputs["ens_start"], outputs["ens_end"] = ensemble(teacher_dists, weights, enc.video_mask)
+            if "kau_dists" in batch:  # cross-fitting: the KAU learns on out-of-fold outputs only
+                kau_dists = self.with_live_teacher(batch["kau_dists"], teacher_dists)
+                outputs["teacher_dists"] = kau_dists
+                outputs["ens_start"], outputs["ens_end"] = ensemble(kau_dists, weights, enc.video_mask)
+                target = ensemble(teacher_dists, weights.detach(), enc.video_mask)
+                outputs["kd_start"], outputs["kd_end"] = target  # in-sample targets, the KAU's weights
+            else:
+                outputs["ens_start"], outputs["ens_end"] = ensemble(teacher_dists, weights, enc.video_mask)
         return outputs
+
+    def with_live_teacher(self, kau_dists: Tensor, teacher_dists: Tensor) -> Tensor:
+        """The out-of-fold caches, plus the teachers computed live (the isomorphic one, the smoothed
+        ground truth) that have no out-of-fold copy: those come last in `teacher_dists`."""
+        extra = teacher_dists.shape[1] - kau_dists.shape[1]
+        return torch.cat([kau_dists, teacher_dists[:, kau_dists.shape[1] :]], 1) if extra > 0 else kau_dists
 
     def global_weights(self, teacher_dists: Tensor) -> Tensor:
         """(B, K, 2) weights without a KAU: `fixed_weights` normalised per boundary, else the mean."""
@@ -189,8 +202,12 @@ class EMTM(SpanModel):
         if "ens_start" in outputs:
             ens = ensemble_hard_loss(outputs["ens_start"], outputs["ens_end"], batch)
             mask, t = batch["video_mask"], cfg.temperature
-            kd = kd_loss(outputs["start_logits"], outputs["ens_start"], mask, t) + kd_loss(
-                outputs["end_logits"], outputs["ens_end"], mask, t
+            start, end = (
+                outputs.get("kd_start", outputs["ens_start"]),
+                outputs.get("kd_end", outputs["ens_end"]),
+            )
+            kd = kd_loss(outputs["start_logits"], start, mask, t) + kd_loss(
+                outputs["end_logits"], end, mask, t
             )
             total = total + cfg.ensemble_weight * ens + cfg.kd_weight * kd
             parts.update(ensemble=ens.item(), kd=kd.item())

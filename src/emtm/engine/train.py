@@ -522,10 +522,11 @@ def with_teachers(
     from emtm.distill.data import TeacherDataset, collate_with_teachers
 
     caches = [TeacherCache(path) for path in cfg.teachers]
-    for cache in caches:
+    kau_caches = [TeacherCache(path) for path in cfg.kau_teachers]
+    for cache in caches + kau_caches:
         check_compatible(cache, cfg.data, "train")
     collate_fn = partial(collate_with_teachers, max_chars=train_set.cfg.max_word_chars)
-    return TeacherDataset(train_set, caches), collate_fn
+    return TeacherDataset(train_set, caches, kau_caches), collate_fn
 
 
 def split_summary(data: RunData) -> dict[str, Any]:
