@@ -26,12 +26,12 @@ from typing import Any
 
 import torch
 
-from emtm.bench.device import synchronize, time_calls
 from emtm.bench.flops import flops_per_query, random_batch
 from emtm.bench.limits import floors, measure_gpu_ceilings
 from emtm.bench.measure import summarize, tensor_bytes
 from emtm.bench.runner import SHAPES, BenchSettings, synthetic_subjects
 from emtm.bench.variants import INPUT_KEYS, EagerRunner, build_runner, compare_outputs, parse_variant
+from emtm.device import synchronize, time_calls
 from emtm.io import atomic_open, write_json
 
 DEFAULT_VARIANTS = "eager,bf16,fp16,bf16+compile,bf16+graph,bf16+compile:max-autotune-no-cudagraphs"

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from emtm.bench.device import cpu_model
+from emtm.device import cpu_model
 from emtm.engine.export import write_random_model
 from emtm.errors import EmtmError
 from emtm.io import atomic_open, write_json

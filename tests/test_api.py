@@ -13,6 +13,7 @@ import emtm.api
 from emtm import Grounder, Moment
 from emtm.config import load_data_config
 from emtm.data.dataset import GroundingDataset, collate, prepare
+from emtm.device import resolve_device
 from emtm.engine.checkpoint import export_student, load_run, save_weights, write_run_config
 from emtm.engine.evaluate import predict_dataset
 from emtm.engine.metrics import temporal_iou
@@ -148,12 +149,12 @@ def test_ground_many_encodes_each_video_once(run_dir: Path, tiny_data: Path, mon
 
 def test_device_choice() -> None:
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert emtm.api.pick_device(None).type == expected
-    assert emtm.api.pick_device("auto").type == expected
-    assert emtm.api.pick_device("cpu").type == "cpu"
+    assert resolve_device(None).type == expected
+    assert resolve_device("auto").type == expected
+    assert resolve_device("cpu").type == "cpu"
     if not torch.cuda.is_available():
         with pytest.raises(EmtmError, match="no CUDA GPU"):
-            emtm.api.pick_device("cuda")
+            resolve_device("cuda")
 
 
 def test_clear_errors(run_dir: Path) -> None:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from emtm.device import resolve_device
 from emtm.engine import speed
 from emtm.engine.checkpoint import LoadedRun
 from emtm.engine.inference import (
@@ -46,16 +47,6 @@ from emtm.engine.inference import (
 from emtm.errors import EmtmError
 
 __all__ = ["EncodedVideo", "Grounder", "Moment"]
-
-
-def pick_device(device: str | torch.device | None) -> torch.device:
-    """None or "auto": CUDA when available, else CPU; otherwise the device asked for."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EmtmError("device cuda was asked for but no CUDA GPU is visible; use device='cpu' or None")
-    return device
 
 
 def distinct(moments: list[Moment]) -> list[Moment]:
@@ -108,7 +99,7 @@ class Grounder:
         """
         from emtm.engine.export import describe, load_model
 
-        run = load_model(path, pick_device(device))
+        run = load_model(path, resolve_device(device))
         speed.prepare_inference(run.model, precision, model_device(run), cast, compile)
         return cls(run, describe(run), precision, cast)
 

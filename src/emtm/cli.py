@@ -347,8 +347,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
         ["split", *METRIC_KEYS, "queries"],
         [metrics_row("val", best, [best["n_queries"]])],
     )
+    from emtm.device import resolve_device
     from emtm.distill.show import kau_summary
-    from emtm.engine.train import resolve_device
 
     summary = kau_summary(Path(args.out), device=resolve_device(cfg.run.device))
     if summary is not None:
@@ -411,9 +411,9 @@ def cmd_recipe(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from emtm.device import resolve_device
     from emtm.distill.show import TeacherView, show_query
     from emtm.engine.checkpoint import load_run
-    from emtm.engine.train import resolve_device
     from emtm.io import write_json
 
     device = resolve_device(args.device)
@@ -550,10 +550,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         name, source = Path(args.preds).name, {"preds": str(args.preds), **truth}
     else:
         from emtm.data.dataset import split_dataset
+        from emtm.device import resolve_device
         from emtm.engine.checkpoint import load_run
         from emtm.engine.evaluate import predict_dataset
         from emtm.engine.export import is_model_dir, load_model_dir
-        from emtm.engine.train import resolve_device
 
         device = resolve_device(args.device)
         weights = "last.safetensors" if args.weights == "last" else "model.safetensors"
@@ -675,10 +675,10 @@ def report_moments(
 
 def predict_split(args: argparse.Namespace) -> int:
     """Every query of a split of --data to a Moment-DETR / Lighthouse JSON-lines file."""
+    from emtm.device import resolve_device
     from emtm.engine import speed
     from emtm.engine.export import load_model
     from emtm.engine.predictions import predict_file
-    from emtm.engine.train import resolve_device
 
     if not args.out:
         raise EmtmError("--data needs --out preds.jsonl: where to write one line per query")

@@ -15,13 +15,13 @@ from typing import Any
 
 import torch
 
-from emtm.bench.device import num_threads
 from emtm.config import OptimConfig, TrainConfig
 from emtm.data.dataset import split_dataset
+from emtm.device import num_threads, resolve_device
 from emtm.engine.checkpoint import load_run
 from emtm.engine.evaluate import evaluate
 from emtm.engine.pipeline import REPORT_COLUMNS, Plan, Stage, report_rows, run_pipeline, write_figures
-from emtm.engine.train import resolve_device, train
+from emtm.engine.train import train
 from emtm.errors import EmtmError
 from emtm.extract.pixel_benchmark import generate_preset
 from emtm.io import write_json, write_markdown_table

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from emtm.bench.device import cpu_model, num_threads
+from emtm.device import cpu_model, num_threads
 
 # Dense bf16 tensor-core peak and memory bandwidth (nominal; typical measured copy bandwidth).
 GPUS: dict[str, dict[str, float]] = {
@@ -111,7 +111,7 @@ def _mean_seconds(
     dtype: torch.dtype,
 ) -> float:
     """Mean seconds of op(a, b) on two random tensors of `shape`, over 10 calls after 3 warm-ups."""
-    from emtm.bench.device import time_calls
+    from emtm.device import time_calls
 
     a = torch.randn(shape, device=device, dtype=dtype)
     b = torch.randn(shape, device=device, dtype=dtype)

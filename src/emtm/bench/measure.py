@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from emtm.bench.device import synchronize
+from emtm.device import synchronize
 
 # Which submodules or methods make up each stage of a model's inference (emtm.models). Text and video
 # encoding default to GroundingEncoder.encode_query / encode_video; fusion is everything else.

@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from emtm.bench.device import device_label, num_threads, synchronize, time_calls
 from emtm.bench.flops import count_parameters, flops_per_query, random_batch
 from emtm.bench.measure import peak_memory_mb, stage_split, summarize, tensor_bytes
 from emtm.bench.variants import (
@@ -34,6 +33,7 @@ from emtm.bench.variants import (
     merge_agreement,
     parse_variant,
 )
+from emtm.device import device_label, num_threads, synchronize, time_calls
 from emtm.errors import ConfigError, EmtmError
 from emtm.models.base import DataSpec, GroundingModel
 
@@ -439,7 +439,7 @@ def limits_section(rows: list[dict[str, Any]], threads: int, device: torch.devic
 
 def run_bench(settings: BenchSettings) -> dict[str, Any]:
     """Measure everything `settings` asks for; returns the JSON-able result (see docs/BENCHMARKS.md)."""
-    from emtm.engine.train import resolve_device
+    from emtm.device import resolve_device
 
     device = resolve_device(settings.device)
     if settings.runs < 1 or settings.warmup < 0 or (settings.batch is not None and settings.batch < 1):

@@ -369,7 +369,7 @@ def export_teacher(
     fitted on the validation queries its run held out (`emtm.distill.calibrate`) unless it is given
     here; the fit is recorded in the cache's metadata. Otherwise T = 1 and sigma = 0.05 by default.
     """
-    from emtm.engine.train import resolve_device  # here, so the training loop may import this module
+    from emtm.device import resolve_device
 
     run_dirs = [run_dirs] if isinstance(run_dirs, str | os.PathLike) else list(run_dirs)
     torch_device = resolve_device(device)

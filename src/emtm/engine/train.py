@@ -26,10 +26,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from emtm.bench.device import num_threads
 from emtm.config import TrainConfig, load_data_config
 from emtm.data.dataset import GroundingDataset, Prepared, collate, prepare
 from emtm.data.text import Vocab, load_word_vectors
+from emtm.device import num_threads, resolve_device
 from emtm.engine import distributed
 from emtm.engine.checkpoint import (
     SpecInfo,
@@ -49,14 +49,6 @@ from emtm.models.base import GroundingModel
 from emtm.models.registry import build_model, model_config
 
 log = logging.getLogger("emtm.train")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise EmtmError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
-    return torch.device(name)
 
 
 def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:

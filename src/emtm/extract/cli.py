@@ -61,9 +61,8 @@ def add_parser(sub: Any) -> None:
 def cmd_extract(args: argparse.Namespace) -> int:
     import torch
 
-    from emtm.bench.device import num_threads
     from emtm.cli import print_table
-    from emtm.engine.train import resolve_device
+    from emtm.device import num_threads, resolve_device
     from emtm.extract.backbones import build_backbone
     from emtm.extract.extractor import FEATURES_JSON, extract_videos
 

@@ -21,9 +21,10 @@ import torch
 
 from emtm.config import TrainConfig
 from emtm.data.dataset import split_dataset
+from emtm.device import resolve_device
 from emtm.engine.checkpoint import load_run
 from emtm.engine.evaluate import predict_dataset, score_predictions
-from emtm.engine.train import resolve_device, train
+from emtm.engine.train import train
 from emtm.extract.backbones import build_backbone
 from emtm.extract.extractor import extract_videos
 from emtm.extract.shapes import write_data_yaml, write_dataset

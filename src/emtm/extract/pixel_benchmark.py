@@ -38,6 +38,7 @@ from emtm.data.pixels import (
 )
 from emtm.data.records import Sample
 from emtm.data.synth import check_both_splits
+from emtm.device import resolve_device
 from emtm.errors import EmtmError
 from emtm.extract.extractor import FEATURES_JSON, extract_videos, read_index
 from emtm.io import atomic_open, atomic_path, write_json
@@ -249,10 +250,9 @@ def generate_preset(
 ) -> Path:
     """Any built-in benchmark by preset name: the synthetic-feature presets (`emtm.data.synth`) or the
     real-pixel ones (`PIXEL_PRESETS`); `overrides` change knobs as `emtm synth --set` does."""
-    import torch
 
-    from emtm.bench.device import num_threads
     from emtm.data import synth
+    from emtm.device import num_threads
 
     overrides = dict(overrides or {})
     if preset in synth.PRESETS:
@@ -268,7 +268,6 @@ def generate_preset(
     if "feature_dim" in overrides:
         raise EmtmError(f"--feature-dim: the pixel presets' features are {BACKBONE}'s (1280-d)")
     cfg = synth.with_overrides(PIXEL_PRESETS[preset], overrides)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(device))
     with num_threads(threads):  # restored afterwards
         return generate_pixels(cfg, out_dir, images, cache, device, progress)

@@ -1,4 +1,5 @@
-"""What a benchmark row ran on, thread control and timing that waits for the device."""
+"""The one place that picks and describes a device: `resolve_device`, what a run ran on, thread control,
+and timing that waits for the device."""
 
 from __future__ import annotations
 
@@ -9,6 +10,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+
+from emtm.errors import EmtmError
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """None or "auto": CUDA when available, else CPU; otherwise the device asked for (an error when it is
+    CUDA and no GPU is visible)."""
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EmtmError("the device cuda was asked for but no CUDA GPU is visible; use cpu or auto")
+    return device
 
 
 def cpu_model() -> str:
