@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from emtm.bench.runner import MAX_QUERY_LEN, N_CHARS, VOCAB_SIZE, WORD_DIM
 from emtm.data.dataset import collate
+from emtm.experiments.bench.runner import MAX_QUERY_LEN, N_CHARS, VOCAB_SIZE, WORD_DIM
 from emtm.io import write_json
 from emtm.models.base import DataSpec
 from emtm.models.registry import build_model, model_config, model_names

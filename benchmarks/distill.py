@@ -7,9 +7,9 @@ the teacher-gap analysis the method issue asks for.
 
 Steps (each resumable: re-running keeps what is finished):
   1. the benchmark's data (synthetic preset, or synthetic features for the real Charades-STA annotations);
-  2. emtm.engine.pipeline: every teacher, its cache, the student alone and the EMTM student (seed 0),
+  2. emtm.experiments.pipeline: every teacher, its cache, the student alone and the EMTM student (seed 0),
      report.md with R1, mIoU, FLOPs, params and time per query;
-  3. emtm.engine.ablate: the paper's ablation rows over --seeds seeds (--rows picks rows by number);
+  3. emtm.experiments.ablate: the paper's ablation rows over --seeds seeds (--rows picks rows by number);
      seed 0 of rows 1 and 5 is step 2's student alone and EMTM student, evaluated, not trained again;
   4. gap.json / gap.md: best teacher vs student alone vs EMTM, and the share of the gap EMTM recovers;
      on a synthetic preset also kinds.json / kinds.md: every model's test R1@0.7 and mIoU by how the
@@ -29,9 +29,9 @@ import numpy as np
 
 from emtm.config import OptimConfig, apply_overrides, read_mapping
 from emtm.data import pixels, synth
-from emtm.engine.ablate import parse_rows, run_ablation, summarise
-from emtm.engine.pipeline import Plan, Stage, run_pipeline
 from emtm.engine.predictions import split_samples
+from emtm.experiments.ablate import parse_rows, run_ablation, summarise
+from emtm.experiments.pipeline import Plan, Stage, run_pipeline
 from emtm.extract.pixel_benchmark import generate_preset
 from emtm.io import write_json, write_markdown_table
 

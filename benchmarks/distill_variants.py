@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from emtm.config import TrainConfig
-from emtm.engine.ablate import mean_std_text
 from emtm.engine.checkpoint import export_student
-from emtm.engine.pipeline import measure, train_step
 from emtm.errors import EmtmError
+from emtm.experiments.ablate import mean_std_text
+from emtm.experiments.pipeline import measure, train_step
 from emtm.io import write_json, write_markdown_table
 
 # name -> (what it is, EMTM model_options over the run's); absolute settings, whatever the run used

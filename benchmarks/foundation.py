@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from emtm.data import synth
-from emtm.demo import compare_models
+from emtm.experiments.demo import compare_models
 from emtm.io import atomic_open
 
 

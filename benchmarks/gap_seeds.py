@@ -21,10 +21,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from emtm.bench.flops import flops_per_query
-from emtm.engine.ablate import mean_std, mean_std_text, stat_text
 from emtm.engine.checkpoint import load_run
+from emtm.engine.flops import flops_per_query
 from emtm.errors import EmtmError
+from emtm.experiments.ablate import mean_std, mean_std_text, stat_text
 from emtm.io import write_json, write_markdown_table
 
 ALONE, EMTM = "student alone", "student + KAU + shared encoder (EMTM)"

@@ -7,7 +7,8 @@ put under the student, a sweep of variants x batch sizes, and a profile of where
 Writes DIR/gpu_profile.json and DIR/gpu_profile.md and prints the tables. Needs CUDA. The ceilings
 are measured here, once per run: a bf16 8192^3 matmul (mean of 10 after 3 warm-ups, random data) and
 a device-to-device copy of 2 GiB (bytes read + written over the mean time). The floors are
-FLOPs/query over the matmul rate and input bytes/query over the copy bandwidth (emtm.bench.limits).
+FLOPs/query over the matmul rate and input bytes/query over the copy bandwidth
+(emtm.experiments.bench.limits).
 Each sweep cell runs `--passes` timed calls (CUDA events) after 3 warm-up calls and is checked
 against eager fp32 at the same batch (share of the same top-1 spans, max relative probability error).
 The profile runs torch.profiler over 5 calls: kernels launched per call, GPU kernel time per call
@@ -26,12 +27,18 @@ from typing import Any
 
 import torch
 
-from emtm.bench.flops import flops_per_query, random_batch
-from emtm.bench.limits import floors, measure_gpu_ceilings
-from emtm.bench.measure import summarize, tensor_bytes
-from emtm.bench.runner import SHAPES, BenchSettings, synthetic_subjects
-from emtm.bench.variants import INPUT_KEYS, EagerRunner, build_runner, compare_outputs, parse_variant
 from emtm.device import synchronize, time_calls
+from emtm.engine.flops import flops_per_query, random_batch
+from emtm.experiments.bench.limits import floors, measure_gpu_ceilings
+from emtm.experiments.bench.measure import summarize, tensor_bytes
+from emtm.experiments.bench.runner import SHAPES, BenchSettings, synthetic_subjects
+from emtm.experiments.bench.variants import (
+    INPUT_KEYS,
+    EagerRunner,
+    build_runner,
+    compare_outputs,
+    parse_variant,
+)
 from emtm.io import atomic_open, write_json
 
 DEFAULT_VARIANTS = "eager,bf16,fp16,bf16+compile,bf16+graph,bf16+compile:max-autotune-no-cudagraphs"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from emtm.engine.ablate import comparisons, summarise, summary_rows
+from emtm.experiments.ablate import comparisons, summarise, summary_rows
 
 
 def row(key: str, r17: list[float]) -> dict:

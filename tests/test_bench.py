@@ -10,15 +10,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from emtm.bench.flops import random_batch
-from emtm.bench.measure import stage_split
-from emtm.bench.runner import SHAPES
-from emtm.bench.variants import EagerRunner, build_runner, compare_outputs, merge_agreement, parse_variant
 from emtm.cli import main
 from emtm.config import TrainConfig
 from emtm.data.text import PAD, UNK, Vocab
 from emtm.engine.checkpoint import SpecInfo, save_weights, write_run_config
+from emtm.engine.flops import random_batch
 from emtm.errors import ConfigError
+from emtm.experiments.bench.measure import stage_split
+from emtm.experiments.bench.runner import SHAPES
+from emtm.experiments.bench.variants import (
+    EagerRunner,
+    build_runner,
+    compare_outputs,
+    merge_agreement,
+    parse_variant,
+)
 from emtm.io import write_json
 from emtm.models.base import DataSpec
 from emtm.models.layers import SelfAttentionBlock
@@ -144,7 +150,7 @@ def test_limits_compare_the_fastest_student_row_with_this_devices_ceiling(
 
 def test_gpu_ceiling_timer_runs_the_operation_on_two_distinct_tensors() -> None:
     """copy_ of a tensor onto itself returns at once: the bandwidth probe needs two tensors."""
-    from emtm.bench.limits import _mean_seconds
+    from emtm.experiments.bench.limits import _mean_seconds
 
     seen = []
 
@@ -308,7 +314,7 @@ def test_plot_accuracy_flops(tmp_path: Path) -> None:
 
 
 def test_random_batch_is_laid_out_as_collate_lays_out_a_batch() -> None:
-    from emtm.bench.flops import dummy_batch
+    from emtm.engine.flops import dummy_batch
 
     _, spec = tiny_student()
     batch = random_batch(spec, SHAPES["tiny"], 5, n_words=6, seed=2)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from emtm.cli import main
-from emtm.demo import QUICK_TEACHERS
+from emtm.experiments.demo import QUICK_TEACHERS
 
 FIRST_TEACHER = next(iter(QUICK_TEACHERS))
 ROWS = ["prior", *[f"teacher: {t}" for t in QUICK_TEACHERS], "student alone", "EMTM student"]
@@ -98,7 +98,7 @@ def test_demo_rerun_refreshes_what_an_emtm_run_retrained_in_place_left_stale(
 
 
 def test_the_full_demo_plan_has_three_teachers_and_the_quick_one_two() -> None:
-    from emtm.demo import DEMO_TEACHERS, demo_plan
+    from emtm.experiments.demo import DEMO_TEACHERS, demo_plan
 
     full, quick = demo_plan(full=True), demo_plan(full=False)
     assert list(full.teachers) == list(DEMO_TEACHERS) == ["seqpan", "proposals", "regress"]

@@ -143,7 +143,7 @@ def test_ablation_table_is_produced_and_resumable(tiny_data: Path, tmp_path: Pat
     table = (out / "ablation.md").read_text()
     assert "±" in table and "student + KAU + shared encoder (EMTM)" in table
     assert (out / "ablation_curves.png").read_bytes()[:4] == b"\x89PNG"
-    from emtm.engine.ablate import read_state, validation_curves
+    from emtm.experiments.ablate import read_state, validation_curves
 
     curves = validation_curves(out, read_state(out))
     assert set(curves) == set(summary) and all(c.shape == (2, 1) for c in curves.values())
@@ -155,7 +155,7 @@ def test_ablation_table_is_produced_and_resumable(tiny_data: Path, tmp_path: Pat
 
 
 def test_summary_rows_show_a_spread_only_over_several_seeds() -> None:
-    from emtm.engine.ablate import summary_rows
+    from emtm.experiments.ablate import summary_rows
 
     def seed(r7: float) -> dict:
         return {"r1@0.3": 50.0, "r1@0.5": 40.0, "r1@0.7": r7, "miou": 35.0}
@@ -173,8 +173,8 @@ def test_summary_rows_show_a_spread_only_over_several_seeds() -> None:
 
 
 def test_ablation_rows_are_numbered_as_in_the_paper() -> None:
-    from emtm.engine.ablate import ablation_rows, parse_rows
     from emtm.errors import EmtmError
+    from emtm.experiments.ablate import ablation_rows, parse_rows
 
     groups = {row.name: row.group for row in ablation_rows(["a.h5", "b.h5"])}
     assert groups["student alone"] == 1 and groups["student + a"] == groups["student + b"] == 2
@@ -220,7 +220,7 @@ def test_ablation_takes_emtm_options_and_refuses_to_mix_them(tiny_data: Path, tm
 
 def test_ablation_processes_share_a_folder(tiny_data: Path, tmp_path: Path, capsys) -> None:
     """A (row, seed) locked by another process is left to it; results written meanwhile are merged."""
-    from emtm.engine.ablate import locked_state
+    from emtm.experiments.ablate import locked_state
     from emtm.io import claim
 
     out = tmp_path / "ablation"
@@ -278,8 +278,8 @@ def test_ablation_resumes_a_run_stopped_part_way(tiny_data: Path, tmp_path: Path
 
 def test_a_stopped_ablation_says_to_run_the_same_command_again(monkeypatch, capsys) -> None:
     """SIGTERM inside `emtm ablate` exits 143 and points at the ablate command, not at `emtm train`."""
-    from emtm.engine import ablate
     from emtm.engine.signals import TrainingStopped
+    from emtm.experiments import ablate
 
     def stopped(*args, **kwargs):
         raise TrainingStopped(
@@ -299,8 +299,8 @@ def test_ablation_evaluates_a_finished_run_of_the_same_config_instead_of_trainin
     """--reuse: seed 0 of "student alone" is the run trained before (other thread count), not a new one;
     seed 1, and any run whose config differs (here the learning rate), is trained."""
     from emtm.config import TrainConfig
-    from emtm.engine.ablate import same_training
-    from emtm.engine.pipeline import train_step
+    from emtm.experiments.ablate import same_training
+    from emtm.experiments.pipeline import train_step
 
     earlier = tmp_path / "student_alone"
     cfg = TrainConfig(

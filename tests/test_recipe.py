@@ -11,7 +11,7 @@ import yaml
 
 from emtm.cli import main
 from emtm.data import synth
-from emtm.engine.recipe import RECIPES, load_recipe
+from emtm.experiments.recipe import RECIPES, load_recipe
 
 TINY_RECIPE = {
     "format": "charades_sta",
@@ -67,8 +67,8 @@ def test_pipeline_processes_share_a_folder(tmp_path: Path, capsys, monkeypatch) 
     import time
 
     from emtm.config import OptimConfig
-    from emtm.engine import pipeline
-    from emtm.engine.pipeline import Plan, Stage, run_pipeline
+    from emtm.experiments import pipeline
+    from emtm.experiments.pipeline import Plan, Stage, run_pipeline
     from emtm.io import claim
 
     monkeypatch.setattr(pipeline, "POLL_SECONDS", 0.05)

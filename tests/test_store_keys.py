@@ -139,7 +139,7 @@ def test_the_tacos_recipe_reads_a_2d_tan_tacos_store(tmp_path: Path) -> None:
     the whole pipeline on a store like this is what test_recipe.py runs, here only its data step."""
     from emtm.config import load_data_config
     from emtm.data.dataset import prepare
-    from emtm.engine.recipe import load_recipe, write_data_yaml
+    from emtm.experiments.recipe import load_recipe, write_data_yaml
 
     folder = tacos_stand_in(tmp_path / "tacos").parent
     data_yaml = write_data_yaml(

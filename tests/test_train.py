@@ -80,7 +80,7 @@ def test_loaded_run_matches_the_trained_model(tiny_data: Path, tmp_path: Path) -
 
 def test_a_thread_count_applies_to_its_call_only(tiny_data: Path, tmp_path: Path) -> None:
     """train() and pipeline.measure() run at the configured thread count and restore the caller's."""
-    from emtm.engine.pipeline import measure
+    from emtm.experiments.pipeline import measure
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)

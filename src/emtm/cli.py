@@ -360,8 +360,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from emtm.config import apply_overrides
-    from emtm.engine.ablate import SUMMARY_COLUMNS, parse_rows, run_ablation, summary_rows
     from emtm.engine.signals import TrainingStopped
+    from emtm.experiments.ablate import SUMMARY_COLUMNS, parse_rows, run_ablation, summary_rows
 
     try:
         state, elsewhere = run_ablation(
@@ -391,8 +391,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 def cmd_recipe(args: argparse.Namespace) -> int:
     from emtm.config import validate
-    from emtm.engine.recipe import Recipe, load_recipe, run_recipe
     from emtm.engine.signals import TrainingStopped
+    from emtm.experiments.recipe import Recipe, load_recipe, run_recipe
 
     recipe = load_recipe(args.recipe)
     if args.epochs is not None:
@@ -786,7 +786,7 @@ def add_data_parser(sub: Any) -> None:
 
 # ---------------------------------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
-    from emtm.demo import run_demo
+    from emtm.experiments.demo import run_demo
 
     data_dir = Path(args.data_dir) if args.data_dir else None
     run_demo(Path(args.out), preset=args.preset, epochs=args.epochs, data_dir=data_dir, full=args.full)
@@ -1162,7 +1162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_parser(sub)
 
-    from emtm.bench.cli import add_parser as add_bench_parser
+    from emtm.experiments.bench.cli import add_parser as add_bench_parser
 
     add_bench_parser(sub)
 

@@ -20,9 +20,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from emtm.bench.flops import count_parameters, flops_per_query, random_batch
-from emtm.bench.measure import peak_memory_mb, stage_split, summarize, tensor_bytes
-from emtm.bench.variants import (
+from emtm.device import device_label, num_threads, synchronize, time_calls
+from emtm.engine.flops import count_parameters, flops_per_query, random_batch
+from emtm.errors import ConfigError, EmtmError
+from emtm.experiments.bench.measure import peak_memory_mb, stage_split, summarize, tensor_bytes
+from emtm.experiments.bench.variants import (
     INPUT_KEYS,
     EagerRunner,
     Runner,
@@ -33,8 +35,6 @@ from emtm.bench.variants import (
     merge_agreement,
     parse_variant,
 )
-from emtm.device import device_label, num_threads, synchronize, time_calls
-from emtm.errors import ConfigError, EmtmError
 from emtm.models.base import DataSpec, GroundingModel
 
 SCHEMA = "emtm-bench/1"
@@ -414,9 +414,9 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
 
 
 def limits_section(rows: list[dict[str, Any]], threads: int, device: torch.device) -> dict[str, Any]:
-    """The student's floors at each benched shape on this device (emtm.bench.limits), and how far its
-    fastest row (eager or a variant) is from them."""
-    from emtm.bench.limits import limits_report
+    """The student's floors at each benched shape on this device (emtm.experiments.bench.limits),
+    and how far its fastest row (eager or a variant) is from them."""
+    from emtm.experiments.bench.limits import limits_report
 
     out = {}
     for shape in dict.fromkeys(r["shape"] for r in rows):
@@ -471,7 +471,7 @@ def run_bench(settings: BenchSettings) -> dict[str, Any]:
                 "shapes": {shape: n for shape, n, _ in groups},
                 "variants": [v.name for v in variants],
                 "flops": FLOPS_NOTE,
-                "memory": "weights + inputs + peak allocated during one call (emtm.bench.measure)",
+                "memory": "weights + inputs + peak allocated during one call (bench.measure)",
             },
             "rows": [],
         }

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from emtm.bench.flops import flops_per_query
 from emtm.config import OptimConfig, TrainConfig
 from emtm.data.dataset import GroundingDataset, split_dataset
 from emtm.device import num_threads, resolve_device
@@ -31,6 +30,7 @@ from emtm.distill.cache import export_teacher
 from emtm.distill.show import kau_summary, show_query
 from emtm.engine.checkpoint import export_student, load_run
 from emtm.engine.evaluate import SplitPredictions, predict_dataset, score_predictions
+from emtm.engine.flops import flops_per_query
 from emtm.engine.metrics import temporal_iou
 from emtm.engine.train import train
 from emtm.io import claim, write_json, write_markdown_table

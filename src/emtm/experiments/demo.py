@@ -20,9 +20,9 @@ from emtm.data.dataset import split_dataset
 from emtm.device import num_threads, resolve_device
 from emtm.engine.checkpoint import load_run
 from emtm.engine.evaluate import evaluate
-from emtm.engine.pipeline import REPORT_COLUMNS, Plan, Stage, report_rows, run_pipeline, write_figures
 from emtm.engine.train import train
 from emtm.errors import EmtmError
+from emtm.experiments.pipeline import REPORT_COLUMNS, Plan, Stage, report_rows, run_pipeline, write_figures
 from emtm.extract.pixel_benchmark import generate_preset
 from emtm.io import write_json, write_markdown_table
 

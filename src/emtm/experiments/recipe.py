@@ -1,7 +1,7 @@
 """One command per benchmark (`emtm recipe`): teachers -> caches -> EMTM -> evaluation -> report.
 
 The pipeline itself (resumable at every step, report in the paper's table layout) is
-emtm.engine.pipeline, shared with `make demo`.
+emtm.experiments.pipeline, shared with `make demo`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from emtm.config import OptimConfig, read_mapping, validate
-from emtm.engine.pipeline import Plan, Stage, run_pipeline
 from emtm.errors import EmtmError
+from emtm.experiments.pipeline import Plan, Stage, run_pipeline
 from emtm.io import atomic_open
 
 RECIPES = ("charades-sta", "activitynet", "tacos")
@@ -49,7 +49,7 @@ def load_recipe(name_or_path: str) -> Recipe:
     if not path.exists():
         if name_or_path not in RECIPES:
             raise EmtmError(f"unknown recipe {name_or_path!r}: use one of {', '.join(RECIPES)} or a .yaml")
-        path = Path(str(resources.files("emtm.recipes") / f"{name_or_path}.yaml"))
+        path = Path(str(resources.files("emtm.experiments.recipes") / f"{name_or_path}.yaml"))
     return validate(Recipe, read_mapping(path), str(path))
 
 

@@ -9,7 +9,7 @@ from emtm.argtypes import nonneg_int, positive_int
 from emtm.errors import ConfigError
 
 if TYPE_CHECKING:
-    from emtm.bench.runner import BenchSettings
+    from emtm.experiments.bench.runner import BenchSettings
 
 MODELS_HELP = "comma list: student, seqpan, eamat, tan2d, proposals, regress, meanpool, prior (default: all)"
 TABLE_COLUMNS = [
@@ -83,7 +83,7 @@ def _split(text: str | None) -> list[str]:
 
 
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
-    from emtm.bench.runner import DEFAULT_MODELS, BenchSettings
+    from emtm.experiments.bench.runner import DEFAULT_MODELS, BenchSettings
 
     for name in ("runs", "throughput_reps", "words", "video_dim", "check_queries"):
         if getattr(args, name) < 1:
@@ -159,9 +159,9 @@ def summary_rows(result: dict[str, Any]) -> list[list[str]]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from emtm.bench.limits import limits_line
-    from emtm.bench.runner import run_bench
     from emtm.cli import print_table
+    from emtm.experiments.bench.limits import limits_line
+    from emtm.experiments.bench.runner import run_bench
     from emtm.io import write_json, write_markdown_table
 
     result = run_bench(settings_from_args(args))

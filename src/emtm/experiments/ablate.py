@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from emtm.bench.flops import count_parameters, flops_per_query
 from emtm.config import TrainConfig, validate
 from emtm.data.dataset import split_dataset
 from emtm.device import num_threads, resolve_device
@@ -31,8 +30,9 @@ from emtm.distill.mixtures import fit_global_weights, validation_dists
 from emtm.distill.model import EMTMConfig
 from emtm.engine.checkpoint import LoadedRun, load_run
 from emtm.engine.evaluate import evaluate
-from emtm.engine.pipeline import finished, train_step
+from emtm.engine.flops import count_parameters, flops_per_query
 from emtm.errors import EmtmError
+from emtm.experiments.pipeline import finished, train_step
 from emtm.io import atomic_path, claim, lock_file, write_json, write_markdown_table
 from emtm.stats import ci_text, mean_ci, paired_difference
 

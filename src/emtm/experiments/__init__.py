@@ -1,0 +1,1 @@
+"""Experiments over the library: the pipeline behind recipes and the demo, ablations, `emtm bench`."""
