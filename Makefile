@@ -37,6 +37,7 @@ test: $(STAMP) debs
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 

@@ -12,8 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from emtm.cli.bench import add_options, cmd_bench
+
 from emtm.errors import EmtmError
-from emtm.experiments.bench.cli import add_options, cmd_bench
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 r"""`emtm extract --threads N`: wall time of extracting the same generated videos at each thread count.
 
-Writes `--videos` clips of coloured shapes (emtm.extract.shapes), then runs `emtm extract` with the
+Writes `--videos` clips of coloured shapes (benchmarks/shape_videos.py), then runs `emtm extract` with the
 built-in EfficientNet-Lite0 at 1 fps once per thread count into a fresh folder, and prints seconds.
 
     .venv/bin/python benchmarks/extract_threads.py --videos 16 --threads 1 2 --out runs/bench/extract-threads
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from emtm.cli import main as emtm
-from emtm.extract.shapes import ShapeEvent, write_video
+from shape_videos import ShapeEvent, write_video
 
 
 def main() -> None:

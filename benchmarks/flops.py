@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 
-import emtm.engine.checkpoint  # noqa: F401  (registers every model)
 from emtm.engine.flops import count_parameters, flops_per_query
 from emtm.io import write_json, write_markdown_table
 from emtm.models.base import DataSpec

@@ -3,9 +3,9 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/grounder_clip.py --out runs/grounder_clip   # ~30 s, CPU
 
 Trains a student on 120 generated coloured-shape videos with EfficientNet-Lite0 features at 64 px
-(`emtm.extract.e2e.run_shapes_check`, as tests/test_video_e2e.py with 3x the videos; the CI size, 40
+(benchmarks/shapes_e2e.py, as tests/test_video_e2e.py with 3x the videos; the CI size, 40
 videos and 15 epochs, gives a weaker student). Then it writes one new clip with known events
-(`emtm.extract.shapes`), extracts its features with the backbone, fps and clip length the model
+(benchmarks/shape_videos.py), extracts its features with the backbone, fps and clip length the model
 records, and grounds a few sentences with the Grounder API, printing each answer next to the truth.
 docs/VIDEO.md shows this output. With `--screenshot PNG` it also serves the student and the clip with
 `emtm serve`, grounds one sentence on the page in Debian's chromium (playwright) and saves the page.
@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import serve_child
 from emtm import Grounder
 from emtm.extract import build_backbone, extract_videos
-from emtm.extract.e2e import run_shapes_check
-from emtm.extract.shapes import ShapeEvent, write_video
-from emtm.serve import child
+from shape_videos import ShapeEvent, write_video
+from shapes_e2e import run_shapes_check
 
 # The clip: 11 s, events at times chosen here (not drawn from the training distribution's seed).
 DURATION = 11.0
@@ -91,7 +91,7 @@ def screenshot(out: Path, png: Path, chromium: str, query: str) -> None:
     videos = out / "serve_videos"
     write_video(videos / "clip.mp4", EVENTS, DURATION, size=96, fps=10, codec="libx264")
     args = ["--model", str(out / "student"), "--videos", str(videos), "--cache", str(out / "serve_cache")]
-    with child.serving(args, out / "serve.log", wait_s=90, threads=1) as served:
+    with serve_child.serving(args, out / "serve.log", wait_s=90, threads=1) as served:
         url = served.url
         with sync_playwright() as pw:
             browser = pw.chromium.launch_persistent_context(

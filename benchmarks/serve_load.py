@@ -36,11 +36,12 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+import serve_child
+import serve_loadtest
 from emtm.device import cpu_model
 from emtm.engine.export import write_random_model
 from emtm.errors import EmtmError
 from emtm.io import atomic_open, write_json
-from emtm.serve import child, loadtest
 
 COLOURS = ("red", "green", "blue")
 SHAPES = ("square", "circle", "triangle")
@@ -76,7 +77,7 @@ def write_model(out: Path) -> Path:
 
 def write_videos(folder: Path, prefix: str, count: int, seed: int, duration: float) -> list[str]:
     """`count` generated shape videos (different content each) in `folder`; their names."""
-    from emtm.extract.shapes import EVENTS, ShapeEvent, write_video
+    from shape_videos import EVENTS, ShapeEvent, write_video
 
     rng = np.random.default_rng(seed)
     names = []
@@ -138,7 +139,7 @@ def check_with_grounder(model: Path, bodies: list[dict[str, Any]], references: l
 def extraction_burst(url: str, videos: list[str], info: dict[str, Any]) -> dict[str, Any]:
     """All `videos` (not yet extracted) at once: each must get 200 or 429 with Retry-After."""
     bodies = [{"video": name, "query": f"a red square appears #{i}"} for i, name in enumerate(videos)]
-    answers = loadtest.burst(url, bodies)
+    answers = serve_loadtest.burst(url, bodies)
     statuses = [a.status for a in answers]
     counts = {str(k): statuses.count(k) for k in sorted(set(statuses), key=str)}
     documented = all(
@@ -178,14 +179,14 @@ def run(
     say("starting emtm serve")
     started = time.perf_counter()
     report: dict[str, Any] = {"machine": machine(), "command": " ".join(sys.argv)}
-    with child.serving(args, out / "serve.log") as served:
+    with serve_child.serving(args, out / "serve.log") as served:
         url = report["url"] = served.url
         report["startup_seconds"] = round(time.perf_counter() - started, 2)
-        info = loadtest.get_json(url, "/info")
+        info = serve_loadtest.get_json(url, "/info")
         report["limits"] = info["limits"]
         say(f"[1/4] {len(bodies)} reference answers, one request at a time")
         started = time.perf_counter()
-        references = loadtest.reference_answers(url, bodies)
+        references = serve_loadtest.reference_answers(url, bodies)
         report["reference"] = {
             "requests": len(bodies),
             "video_requests": sum("video" in b for b in bodies),
@@ -196,15 +197,17 @@ def run(
         }
         say(f"[2/4] load: {clients} clients, {total} requests, {max_seconds:g} s cap")
         with tqdm(total=total, desc="requests", disable=not progress, leave=False) as bar:
-            report["load"] = loadtest.run_load(
+            report["load"] = serve_loadtest.run_load(
                 url, bodies, references, clients, total, max_seconds, on_answer=lambda: bar.update(1),
                 groups=["features" if "features" in b else "video" for b in bodies],
             )  # fmt: skip
         say("[3/4] limits")
-        report["limits_checks"] = loadtest.run_limit_cases(loadtest.limit_cases(url, info, load_videos[0]))
+        report["limits_checks"] = serve_loadtest.run_limit_cases(
+            serve_loadtest.limit_cases(url, info, load_videos[0])
+        )
         report["extraction_burst"] = extraction_burst(url, burst_videos, info)
         say("[4/4] the same requests again after the limits")
-        report["after"] = loadtest.run_load(url, bodies, references, clients, len(bodies), max_seconds)
+        report["after"] = serve_loadtest.run_load(url, bodies, references, clients, len(bodies), max_seconds)
     report["server_exit"] = served.exit_code
     log = (out / "serve.log").read_text(errors="replace")
     report["server_log_tracebacks"] = log.count("Traceback")
@@ -269,7 +272,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def print_report(report: dict[str, Any]) -> None:
-    from emtm.cli import print_table
+    from emtm.console import print_table
 
     print_table(f"emtm serve under load; {report['machine']}", LOAD_COLUMNS, load_rows(report))
     print_table("limits", LIMIT_COLUMNS, limit_rows(report))

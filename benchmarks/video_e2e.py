@@ -16,9 +16,9 @@ import platform
 
 import torch
 
-from emtm.cli import METRIC_KEYS, metrics_row, print_table
-from emtm.extract.e2e import run_shapes_check
+from emtm.console import METRIC_KEYS, metrics_row, print_table
 from emtm.io import write_json, write_markdown_table
+from shapes_e2e import run_shapes_check
 
 
 def main() -> None:

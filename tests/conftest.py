@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -12,11 +13,15 @@ from emtm.config import TrainConfig, load_data_config
 from emtm.data import synth
 from emtm.data.dataset import prepare
 from emtm.data.records import Sample
-from emtm.distill.cache import export_teacher
+from emtm.engine.teachers import export_teacher
 from emtm.engine.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ANNOTATIONS = REPO.parent / "shared" / "data" / "annotations"
+# The harnesses that tests and benchmarks share (shape_videos, shapes_e2e, serve_child, serve_loadtest) live
+# in benchmarks/, outside the installed package; the benchmark scripts import them from their own folder.
+if str(REPO / "benchmarks") not in sys.path:
+    sys.path.append(str(REPO / "benchmarks"))
 
 
 @pytest.fixture(scope="session")

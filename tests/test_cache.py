@@ -21,11 +21,11 @@ from emtm.distill.cache import (
     CACHE_VERSION,
     TeacherCache,
     check_compatible,
-    export_teacher,
     import_outputs,
 )
 from emtm.distill.unify import unify
 from emtm.engine.checkpoint import load_run
+from emtm.engine.teachers import export_teacher
 from emtm.errors import DataError
 from emtm.models.student import Student
 from helpers import write_jsonl
@@ -300,14 +300,14 @@ def test_import_refuses_unknown_and_missing_ids_and_pickles(
 
 
 def test_sample_ids_with_slashes_round_trip(tmp_path: Path) -> None:
-    from emtm.distill.cache import CacheMeta, _write_cache
+    from emtm.distill.cache import CacheMeta, write_cache
 
     meta = CacheMeta(
         "t", "span", "src", "data.yaml", "train", "a.txt", "0" * 64, "span", 1.0, 0.05, "sum", 4, ""
     )
     ids = ["a/b", ".hidden", "50%", "plain_1"]
     rows = [np.full((2, k + 1), 1 / (k + 1), dtype=np.float32) for k in range(len(ids))]
-    cache = TeacherCache(_write_cache(tmp_path / "c.h5", meta, zip(ids, rows)))
+    cache = TeacherCache(write_cache(tmp_path / "c.h5", meta, zip(ids, rows)))
     assert sorted(cache.sample_ids()) == sorted(ids)
     for sample_id, row in zip(ids, rows):
         np.testing.assert_array_equal(cache.get(sample_id), row)

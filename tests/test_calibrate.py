@@ -12,8 +12,9 @@ import torch
 from emtm.config import load_data_config
 from emtm.data.dataset import prepare
 from emtm.data.grid import time_to_index
-from emtm.distill.cache import TeacherCache, export_teacher, import_outputs
+from emtm.distill.cache import TeacherCache, import_outputs
 from emtm.distill.calibrate import SIGMAS, TEMPERATURES, HeldOutChunk, fit_calibration, held_out_loss
+from emtm.engine.teachers import export_teacher
 from helpers import write_jsonl
 
 

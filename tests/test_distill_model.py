@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-import emtm.distill.model  # noqa: F401  (registers "emtm")
 from emtm.data.dataset import collate
 from emtm.distill.unify import span_to_dist
 from emtm.models.registry import build_model, model_config

@@ -18,8 +18,8 @@ from emtm.data.features import open_feature_store
 from emtm.errors import EmtmError
 from emtm.extract import build_backbone, extract_videos, pool_clips, sample_frames
 from emtm.extract.extractor import extract_one
-from emtm.extract.shapes import ShapeEvent, write_video
 from emtm.extract.video import VideoInfo
+from shape_videos import ShapeEvent, write_video
 
 pytest.importorskip("av")
 

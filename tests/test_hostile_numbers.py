@@ -81,7 +81,7 @@ def test_unwritable_outputs_fail_before_the_work(flag: str, tiny_data, tmp_path,
 
 
 def test_the_page_url_brackets_an_ipv6_address() -> None:
-    from emtm.serve.cli import page_url
+    from emtm.cli.serve import page_url
 
     assert (
         page_url("::1", 8000) == "http://[::1]:8000/" and page_url("127.0.0.1", 80) == "http://127.0.0.1:80/"

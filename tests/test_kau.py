@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import emtm.distill.model  # noqa: F401  (registers "emtm")
 from emtm.distill.kau import KnowledgeAggregation, ensemble, reliability_features
 from emtm.distill.losses import ensemble_hard_loss, kd_loss
 from emtm.models.layers import masked_softmax

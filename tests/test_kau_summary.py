@@ -15,9 +15,9 @@ from emtm.cli import main
 from emtm.config import TrainConfig, load_data_config
 from emtm.data.dataset import prepare
 from emtm.distill.cache import import_outputs
-from emtm.distill.show import TeacherView
 from emtm.engine.checkpoint import load_run
 from emtm.engine.train import train
+from emtm.experiments.show import TeacherView
 from helpers import write_jsonl
 
 

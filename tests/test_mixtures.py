@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import emtm.distill.model  # noqa: F401  (registers "emtm")
 from emtm.distill.mixtures import HeldOutDists, fit_global_weights, mixture_loss
 from emtm.errors import ConfigError
 from emtm.models.losses import smoothed_boundary_targets

@@ -13,8 +13,9 @@ import pytest
 from emtm.cli import main
 from emtm.config import TrainConfig, load_data_config
 from emtm.data.dataset import in_fold, prepare
-from emtm.distill.cache import TeacherCache, check_compatible, export_teacher
+from emtm.distill.cache import TeacherCache, check_compatible
 from emtm.engine.checkpoint import load_run
+from emtm.engine.teachers import export_teacher
 from emtm.errors import ConfigError
 from helpers import train_tiny_student
 

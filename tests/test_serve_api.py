@@ -466,7 +466,7 @@ def test_two_servers_can_share_a_cache(served: dict, tmp_path: Path) -> None:
 
 
 def test_the_start_up_table_shows_byte_limits_as_the_flags_take_them() -> None:
-    from emtm.serve.cli import readable
+    from emtm.cli.serve import readable
 
     assert readable("max_upload_bytes", 200 * 2**20) == "200 MiB"
     assert readable("max_body_bytes", 64 * 2**10) == "64 KiB"

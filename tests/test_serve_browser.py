@@ -49,10 +49,10 @@ def require_browser() -> None:
 def serving(tmp_path: Path, args: list[str]) -> Iterator[str]:
     """`emtm serve ARGS --cache TMP/cache` on a free loopback port; yields its URL. On exit it is stopped
     with SIGTERM, and its uploads folder must be gone (the app's shutdown deletes it)."""
-    from emtm.serve import child
+    import serve_child
 
     args = [*args, "--cache", str(tmp_path / "cache")]
-    with child.serving(args, tmp_path / "serve.log", wait_s=90, threads=1) as served:
+    with serve_child.serving(args, tmp_path / "serve.log", wait_s=90, threads=1) as served:
         yield served.url
     assert (tmp_path / "cache").is_dir() and not (tmp_path / "cache" / "uploads").exists()
 
@@ -60,7 +60,7 @@ def serving(tmp_path: Path, args: list[str]) -> Iterator[str]:
 @pytest.fixture()
 def server(tmp_path: Path) -> Iterator[str]:
     require_browser()
-    from emtm.extract.shapes import ShapeEvent, write_video
+    from shape_videos import ShapeEvent, write_video
 
     model = random_model(tmp_path / "model")
     videos = tmp_path / "videos"

@@ -1,4 +1,4 @@
-"""`emtm serve` under load over real loopback HTTP (emtm.serve.loadtest): the small version of
+"""`emtm serve` under load over real loopback HTTP (benchmarks/serve_loadtest.py): the small version of
 benchmarks/serve_load.py (a real `emtm serve` subprocess, 4 clients x 40 requests, every limit), the
 extraction-job cap over HTTP made deterministic with a gated extractor, and the checker itself against a
 fake server that mixes answers up, drops connections and fails. No assertion depends on timing."""
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import serve_loadtest
 from emtm.errors import EmtmError
-from emtm.serve import loadtest
 
 
 def counts(load: dict) -> tuple[int, int, int, int, int]:
@@ -72,7 +72,7 @@ def uvicorn_thread(app: object) -> Iterator[str]:
     """The app served by uvicorn on a free loopback port in a thread of this process."""
     import uvicorn
 
-    from emtm.serve.child import free_port
+    from serve_child import free_port
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -111,15 +111,15 @@ def test_extractions_over_the_cap_get_429_with_retry_after_over_http(tmp_path: P
     app.state.service.extractor = gated
     bodies = [{"video": f"v{i}.mp4", "query": f"a red square appears #{i}"} for i in range(6)]
     with uvicorn_thread(app) as url:
-        held: list[loadtest.Answer] = []
-        holders = threading.Thread(target=lambda: held.extend(loadtest.burst(url, bodies[:2])))
+        held: list[serve_loadtest.Answer] = []
+        holders = threading.Thread(target=lambda: held.extend(serve_loadtest.burst(url, bodies[:2])))
         holders.start()
         for _ in range(2):  # both extraction slots are taken
             assert entered.acquire(timeout=60)
-        refused = loadtest.burst(url, bodies[2:])  # 4 more at once while the slots are held
+        refused = serve_loadtest.burst(url, bodies[2:])  # 4 more at once while the slots are held
         release.set()
         holders.join(60)
-        again = loadtest.post_json(url, "/ground", bodies[2])  # a slot is free again
+        again = serve_loadtest.post_json(url, "/ground", bodies[2])  # a slot is free again
     assert [(a.status, a.headers.get("retry-after")) for a in refused] == [(429, "5")] * 4
     assert all("already running" in a.payload["detail"] for a in refused)
     assert [a.status for a in held] == [200, 200]
@@ -165,9 +165,9 @@ def test_the_checker_counts_mixed_up_wrong_failed_and_lost_answers() -> None:
     url = f"http://127.0.0.1:{server.server_address[1]}"
     bodies = [{"video": "v.mp4", "query": f"query {i}"} for i in range(6)]
     try:
-        report = loadtest.run_load(url, bodies, [moments(i) for i in range(6)], clients=3, total=12)
+        report = serve_loadtest.run_load(url, bodies, [moments(i) for i in range(6)], clients=3, total=12)
         with pytest.raises(EmtmError, match="reference request 3 .* got HTTP 500"):
-            loadtest.reference_answers(url, bodies)
+            serve_loadtest.reference_answers(url, bodies)
     finally:
         server.shutdown()
         server.server_close()
@@ -178,5 +178,8 @@ def test_the_checker_counts_mixed_up_wrong_failed_and_lost_answers() -> None:
     assert "echoes query 'query 0'" in problems["query 1"] and "differ" in problems["query 2"]
     assert report["stopped_by"] == "count" and report["latency_ms"]["p50"] > 0
     with pytest.raises(EmtmError, match="requests 0 and 1 share the query"):
-        loadtest.check_bodies([{"query": "a cat"}, {"query": " a cat "}])
-    assert loadtest.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5 and loadtest.percentile([5.0], 99) == 5.0
+        serve_loadtest.check_bodies([{"query": "a cat"}, {"query": " a cat "}])
+    assert (
+        serve_loadtest.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+        and serve_loadtest.percentile([5.0], 99) == 5.0
+    )

@@ -18,7 +18,8 @@ pytest.importorskip("httpx2")
 import torch  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from emtm.distill.cache import TeacherCache, export_teacher  # noqa: E402
+from emtm.distill.cache import TeacherCache  # noqa: E402
+from emtm.engine.teachers import export_teacher  # noqa: E402
 from emtm.errors import EmtmError  # noqa: E402
 from emtm.serve import create_app  # noqa: E402
 from emtm.serve.teachers import TeacherOptions  # noqa: E402

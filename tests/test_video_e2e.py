@@ -20,7 +20,7 @@ pytest.importorskip("efficientnet_lite_pytorch")
 
 from emtm.api import Grounder  # noqa: E402
 from emtm.cli import main  # noqa: E402
-from emtm.extract.e2e import run_shapes_check  # noqa: E402
+from shapes_e2e import run_shapes_check  # noqa: E402
 
 
 def test_student_trained_on_extracted_features_grounds_held_out_queries(

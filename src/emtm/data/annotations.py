@@ -15,13 +15,15 @@ same for all formats:
 
 `report.n_read` counts the queries read, `report.n_kept` those returned, so
 `n_read == n_kept + n_dropped`; `n_clipped` counts kept samples only. Blank lines are skipped.
+
+Durations files are read and written by `emtm.data.durations`, and text and JSON files are read with
+the checks of `emtm.data.parsing`; `load_durations`, `write_durations`, `json_lines`, `json_problem`
+and `short_repr` are importable from here too.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import math
@@ -30,9 +32,26 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from emtm.data.durations import load_durations, write_durations
+from emtm.data.parsing import (
+    json_lines,
+    json_problem,
+    kind_of,
+    load_json,
+    number_pair,
+    positive_number,
+    require_file,
+    short_repr,
+    text_lines,
+)
 from emtm.data.records import ReadReport, Sample
 from emtm.errors import DataError
-from emtm.io import atomic_open, write_json
+from emtm.io import atomic_open
+
+__all__ = [
+    "FORMATS", "PathLike", "annotation_hash", "json_lines", "json_problem", "load_durations",
+    "read_annotations", "short_repr", "write_charades_sta", "write_durations", "write_jsonl",
+]  # fmt: skip
 
 FORMATS = ("charades_sta", "activitynet", "tacos", "jsonl")
 
@@ -59,7 +78,7 @@ def read_annotations(
     if fmt not in FORMATS:
         raise DataError(f"unknown annotation format {fmt!r}; expected one of {', '.join(FORMATS)}", path)
     path = Path(path)
-    _require_file(path, "annotation file")
+    require_file(path, "annotation file")
     report = ReadReport(path=str(path))
     if fmt == "charades_sta":
         samples = _read_charades_sta(path, durations, report)
@@ -72,50 +91,6 @@ def read_annotations(
     report.n_kept = len(samples)
     logger.info(report.summary())
     return samples, report
-
-
-def load_durations(path: PathLike | Sequence[PathLike]) -> dict[str, float]:
-    """Load video durations (seconds) as {video_id: seconds}, from one file or a list of files.
-
-    Each file is JSON `{vid: seconds}`, JSON `{vid: {"duration": seconds, ...}}`, or the official
-    Charades `Charades_v1_train.csv` / `Charades_v1_test.csv` as distributed (a file ending in .csv
-    with columns `id` and `length`; the other columns are ignored). A list is merged; a video that
-    two files give different durations is an error naming both files.
-    """
-    if not isinstance(path, str | os.PathLike):
-        return _merge_durations([Path(p) for p in path])
-    path = Path(path)
-    _require_file(path, "durations file")
-    if path.suffix.lower() == ".csv":
-        return _load_durations_csv(path)
-    data = _load_json(path, expected="a JSON object {video_id: seconds} or a Charades .csv file")
-    if not isinstance(data, dict):
-        raise DataError(f"expected a JSON object {{video_id: seconds}}, got {_kind(data)}", path)
-    out: dict[str, float] = {}
-    for vid, value in data.items():
-        if isinstance(value, dict):
-            if "duration" not in value:
-                raise DataError(f"video {vid!r}: missing key 'duration'", path)
-            value = value["duration"]
-        out[vid] = _duration(value, f"video {vid!r}: duration", path)
-    return out
-
-
-def _merge_durations(paths: list[Path]) -> dict[str, float]:
-    if not paths:
-        raise DataError("no durations file given (an empty list)")
-    out: dict[str, float] = {}
-    source: dict[str, Path] = {}
-    for path in paths:
-        for vid, seconds in load_durations(path).items():
-            if vid in out and out[vid] != seconds:
-                raise DataError(
-                    f"video {vid!r}: duration {seconds:g} s, but {source[vid]} gives {out[vid]:g} s; "
-                    "the durations files must agree",
-                    path,
-                )
-            out[vid], source[vid] = seconds, source.get(vid, path)
-    return out
 
 
 def write_charades_sta(samples: Iterable[Sample], path: PathLike) -> None:
@@ -141,11 +116,6 @@ def write_charades_sta(samples: Iterable[Sample], path: PathLike) -> None:
             handle.write(f"{sample.video_id} {sample.start:.2f} {sample.end:.2f}##{sample.sentence}\n")
 
 
-def write_durations(durations: dict[str, float], path: PathLike) -> None:
-    """Atomically write durations as JSON `{video_id: seconds}`."""
-    write_json(path, {str(vid): float(seconds) for vid, seconds in durations.items()})
-
-
 def write_jsonl(samples: Iterable[Sample], path: PathLike) -> None:
     """Atomically write one Lighthouse/Moment-DETR JSON object per sample.
 
@@ -168,7 +138,7 @@ def write_jsonl(samples: Iterable[Sample], path: PathLike) -> None:
 def annotation_hash(path: PathLike) -> str:
     """sha256 hex digest of the file's bytes."""
     path = Path(path)
-    _require_file(path, "annotation file")
+    require_file(path, "annotation file")
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -192,7 +162,7 @@ def _read_charades_sta(
         )
     if isinstance(durations, Mapping):
         source = "the given durations"
-        table = {str(v): _duration(d, f"durations: video {v!r}", source) for v, d in durations.items()}
+        table = {str(v): positive_number(d, f"durations: video {v!r}", source) for v, d in durations.items()}
     else:
         many = not isinstance(durations, str | os.PathLike)
         source = ", ".join(map(str, durations)) if many else str(durations)
@@ -200,7 +170,7 @@ def _read_charades_sta(
 
     samples: list[Sample] = []
     counters: dict[str, int] = {}
-    for lineno, line in _text_lines(path):
+    for lineno, line in text_lines(path):
         expected = "expected 'VID START END##sentence'"
         if "##" not in line:
             raise DataError(f"no '##' separator; {expected}, got {short_repr(line)}", path, lineno)
@@ -236,10 +206,10 @@ def _read_charades_sta(
 
 def _read_activitynet(path: Path, report: ReadReport) -> list[Sample]:
     """`{vid: {"duration", "timestamps": [[s, e], ...], "sentences": [...]}}`, seconds."""
-    data = _load_json(path, expected='a JSON object {video_id: {"duration", "timestamps", "sentences"}}')
+    data = load_json(path, expected='a JSON object {video_id: {"duration", "timestamps", "sentences"}}')
     samples: list[Sample] = []
     for vid, record in _video_records(data, path, ("duration", "timestamps", "sentences")):
-        duration = _duration(record["duration"], f"video {vid!r}: duration", path)
+        duration = positive_number(record["duration"], f"video {vid!r}: duration", path)
         for k, (start, end), sentence in _queries(vid, record, path):
             sample = _make_sample(
                 report,
@@ -262,7 +232,7 @@ def _read_tacos(path: Path, report: ReadReport) -> list[Sample]:
     from the video id.
     """
     expected = 'a JSON object {"video.avi": {"timestamps", "sentences", "fps", "num_frames"}}'
-    data = _load_json(path, expected=expected)
+    data = load_json(path, expected=expected)
     samples: list[Sample] = []
     keys: dict[str, str] = {}
     for key, record in _video_records(data, path, ("timestamps", "sentences", "fps", "num_frames")):
@@ -270,9 +240,9 @@ def _read_tacos(path: Path, report: ReadReport) -> list[Sample]:
         if vid in keys:
             raise DataError(f"videos {keys[vid]!r} and {key!r} both have video id {vid!r}", path)
         keys[vid] = key
-        fps = _duration(record["fps"], f"video {key!r}: fps", path)
-        num_frames = _duration(record["num_frames"], f"video {key!r}: num_frames", path)
-        duration = _duration(num_frames / fps, f"video {key!r}: duration num_frames / fps", path)
+        fps = positive_number(record["fps"], f"video {key!r}: fps", path)
+        num_frames = positive_number(record["num_frames"], f"video {key!r}: num_frames", path)
+        duration = positive_number(num_frames / fps, f"video {key!r}: duration num_frames / fps", path)
         for k, (start, end), sentence in _queries(key, record, path):
             sample = _make_sample(
                 report,
@@ -304,21 +274,21 @@ def _read_jsonl(path: Path, report: ReadReport) -> list[Sample]:
                 raise DataError(f"missing key {key!r}", path, lineno)
         qid = record["qid"]
         if isinstance(qid, bool) or not isinstance(qid, int | str):
-            raise DataError(f"'qid' must be an integer or a string, got {_kind(qid)}", path, lineno)
+            raise DataError(f"'qid' must be an integer or a string, got {kind_of(qid)}", path, lineno)
         vid = record["vid"]
         if not isinstance(vid, str) or not vid:
             raise DataError(f"'vid' must be a non-empty string, got {short_repr(vid)}", path, lineno)
         query = record["query"]
         if not isinstance(query, str):
-            raise DataError(f"'query' must be a string, got {_kind(query)}", path, lineno)
+            raise DataError(f"'query' must be a string, got {kind_of(query)}", path, lineno)
         if not query.strip():
             raise DataError("empty 'query'", path, lineno)
-        duration = _duration(record["duration"], "'duration'", path, lineno)
+        duration = positive_number(record["duration"], "'duration'", path, lineno)
         windows = record["relevant_windows"]
         if not isinstance(windows, list) or not windows:
             expected = "'relevant_windows' must be a non-empty list of [start, end]"
             raise DataError(f"{expected}, got {short_repr(windows)}", path, lineno)
-        pairs = [_pair(w, f"'relevant_windows'[{i}]", path, lineno) for i, w in enumerate(windows)]
+        pairs = [number_pair(w, f"'relevant_windows'[{i}]", path, lineno) for i, w in enumerate(windows)]
         sample_id = str(qid)
         if sample_id in first_line:
             raise DataError(
@@ -388,128 +358,14 @@ def _window_problem(start: float, end: float, duration: float) -> str:
     return ""
 
 
-def _require_file(path: Path, what: str) -> None:
-    if not path.exists():
-        raise DataError(f"{what} does not exist", path)
-    if not path.is_file():
-        raise DataError(f"{what} is not a regular file", path)
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"not UTF-8 text (byte offset {exc.start})", path) from None
-    except OSError as exc:
-        raise DataError(f"cannot read: {exc.strerror or exc}", path) from None
-
-
-def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Yield (1-based line number, line without its line ending), skipping blank lines."""
-    for lineno, line in enumerate(_read_text(path).split("\n"), start=1):
-        line = line.rstrip("\r")
-        if line.strip():
-            yield lineno, line
-
-
-def json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(1-based line number, object) per non-blank line of a JSON-lines file. Text that is not UTF-8,
-    a line that is not valid JSON, repeats a key or is not an object is a DataError naming the line."""
-    for lineno, line in _text_lines(path):
-        try:
-            record = json.loads(line, object_pairs_hook=_no_duplicate_keys)
-        except _DuplicateKeyError as exc:
-            raise DataError(f"duplicate key {exc.key!r} in the JSON object", path, lineno) from None
-        except (ValueError, RecursionError) as exc:  # syntax, a huge integer, or deep nesting
-            raise DataError(f"invalid JSON ({json_problem(exc)})", path, lineno) from None
-        if not isinstance(record, dict):
-            raise DataError(f"expected a JSON object per line, got {_kind(record)}", path, lineno)
-        yield lineno, record
-
-
-class _DuplicateKeyError(Exception):
-    def __init__(self, key: str):
-        super().__init__(key)
-        self.key = key
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKeyError(key)
-        out[key] = value
-    return out
-
-
-def _load_json(path: Path, expected: str) -> Any:
-    text = _read_text(path)
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
-    except _DuplicateKeyError as exc:
-        raise DataError(f"duplicate key {exc.key!r} in a JSON object", path) from None
-    except (ValueError, RecursionError) as exc:
-        line = exc.lineno if isinstance(exc, json.JSONDecodeError) else None
-        raise DataError(f"invalid JSON ({json_problem(exc)}); expected {expected}", path, line) from None
-
-
-def json_problem(exc: ValueError | RecursionError) -> str:
-    """What `json.loads` rejected, for a message: syntax (with column), a too-long integer or deep nesting."""
-    if isinstance(exc, json.JSONDecodeError):
-        return f"{exc.msg}, column {exc.colno}"
-    if isinstance(exc, RecursionError):
-        return "arrays/objects nested too deeply"
-    return str(exc).split(":")[0]  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
-
-
-def short_repr(value: Any, limit: int = 80) -> str:
-    """repr(value), cut to `limit` characters, so a huge field does not flood an error message."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int too long to print
-        text = f"<{type(value).__name__} too long to print>"
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
-def _load_durations_csv(path: Path) -> dict[str, float]:
-    text = _read_text(path)
-    reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted fields may hold commas and newlines
-    try:
-        header = reader.fieldnames or []
-        if "id" not in header or "length" not in header:
-            raise DataError(f"expected a Charades CSV with columns 'id' and 'length', got {header}", path, 1)
-        out: dict[str, float] = {}
-        first_line: dict[str, int] = {}
-        for row in reader:
-            line = reader.line_num
-            vid, length = (row.get("id") or "").strip(), (row.get("length") or "").strip()
-            if not vid:
-                raise DataError("empty 'id'", path, line)
-            try:
-                seconds = float(length)
-            except ValueError:
-                raise DataError(
-                    f"video {short_repr(vid)}: 'length' must be a number, got {short_repr(length)}",
-                    path,
-                    line,
-                ) from None
-            if vid in first_line:
-                raise DataError(f"duplicate id {vid!r} (also on line {first_line[vid]})", path, line)
-            first_line[vid] = line
-            out[vid] = _duration(seconds, f"video {vid!r}: 'length'", path, line)
-    except csv.Error as exc:
-        raise DataError(f"malformed CSV: {exc}", path, reader.line_num) from None
-    return out
-
-
 def _video_records(data: Any, path: Path, keys: tuple[str, ...]) -> Iterator[tuple[str, dict]]:
     """Yield (video key, record) of a `{vid: {...}}` JSON file, checking the record's keys."""
     if not isinstance(data, dict):
-        raise DataError(f"expected a JSON object keyed by video id, got {_kind(data)}", path)
+        raise DataError(f"expected a JSON object keyed by video id, got {kind_of(data)}", path)
     for vid, record in data.items():
         if not isinstance(record, dict):
             raise DataError(
-                f"video {vid!r}: expected an object with keys {list(keys)}, got {_kind(record)}", path
+                f"video {vid!r}: expected an object with keys {list(keys)}, got {kind_of(record)}", path
             )
         for key in keys:
             if key not in record:
@@ -521,47 +377,18 @@ def _queries(vid: str, record: dict, path: Path) -> Iterator[tuple[int, tuple[fl
     """Yield (index, (start, end), stripped sentence) of a record's timestamps/sentences."""
     timestamps, sentences = record["timestamps"], record["sentences"]
     if not isinstance(timestamps, list):
-        raise DataError(f"video {vid!r}: 'timestamps' must be a list, got {_kind(timestamps)}", path)
+        raise DataError(f"video {vid!r}: 'timestamps' must be a list, got {kind_of(timestamps)}", path)
     if not isinstance(sentences, list):
-        raise DataError(f"video {vid!r}: 'sentences' must be a list, got {_kind(sentences)}", path)
+        raise DataError(f"video {vid!r}: 'sentences' must be a list, got {kind_of(sentences)}", path)
     if len(timestamps) != len(sentences):
         raise DataError(
             f"video {vid!r}: {len(timestamps)} timestamps but {len(sentences)} sentences (must be equal)",
             path,
         )
     for k, (pair, sentence) in enumerate(zip(timestamps, sentences)):
-        times = _pair(pair, f"video {vid!r}: timestamps[{k}]", path)
+        times = number_pair(pair, f"video {vid!r}: timestamps[{k}]", path)
         if not isinstance(sentence, str):
-            raise DataError(f"video {vid!r}: sentences[{k}] must be a string, got {_kind(sentence)}", path)
+            raise DataError(f"video {vid!r}: sentences[{k}] must be a string, got {kind_of(sentence)}", path)
         if not sentence.strip():
             raise DataError(f"video {vid!r}: sentences[{k}] is empty", path)
         yield k, times, sentence.strip()
-
-
-def _pair(value: Any, what: str, path: Path, line: int | None = None) -> tuple[float, float]:
-    if not (isinstance(value, list) and len(value) == 2 and all(_is_number(x) for x in value)):
-        raise DataError(f"{what} must be [start, end] (two numbers), got {short_repr(value)}", path, line)
-    return float(value[0]), float(value[1])
-
-
-def _duration(value: Any, what: str, path: object, line: int | None = None) -> float:
-    if not _is_number(value) or not math.isfinite(value) or value <= 0:
-        raise DataError(f"{what} must be a positive finite number, got {short_repr(value)}", path, line)
-    return float(value)
-
-
-def _is_number(value: Any) -> bool:
-    """An int or float (not bool) that converts to a float: JSON allows integers past float range."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    try:
-        float(value)
-    except OverflowError:
-        return False
-    return True
-
-
-def _kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), type(value).__name__
-    )

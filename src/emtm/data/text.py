@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from emtm.data.annotations import json_problem
+from emtm.data.parsing import json_problem
 from emtm.errors import DataError
 from emtm.io import atomic_path, write_json
 

@@ -25,7 +25,6 @@ from emtm.distill.unify import regression_to_dist, span_to_dist
 from emtm.models.base import DataSpec
 from emtm.models.encoder import Encoded, GroundingEncoder
 from emtm.models.losses import boundary_loss, matching_loss
-from emtm.models.registry import register
 from emtm.models.seqpan import DualAttentionBlock
 from emtm.models.student import SpanHead, SpanModel, StudentConfig
 
@@ -73,7 +72,6 @@ class EMTMConfig(StudentConfig):
     align_weight: float = 0.0
 
 
-@register("emtm")
 class EMTM(SpanModel):
     """Student + isomorphic teacher sharing one encoder, plus the KAU over cached teachers."""
 

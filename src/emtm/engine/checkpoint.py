@@ -24,7 +24,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-import emtm.distill.model  # noqa: F401  (registers the joint 'emtm' model)
 from emtm.config import TrainConfig, validate
 from emtm.data.text import Vocab
 from emtm.errors import ConfigError, EmtmError

@@ -25,7 +25,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors import SafetensorError, safe_open
 
-from emtm import __version__
 from emtm.config import ConfigError, TrainConfig, load_data_config, validate
 from emtm.data.text import Vocab
 from emtm.engine.checkpoint import (
@@ -39,6 +38,7 @@ from emtm.engine.checkpoint import (
 from emtm.errors import EmtmError
 from emtm.io import atomic_open, write_json, write_markdown_table
 from emtm.models.registry import build_model, model_config
+from emtm.version import __version__
 
 MODEL_FORMAT = "emtm-model"
 MODEL_FORMAT_VERSION = 1

@@ -10,7 +10,6 @@ checkpoint. Under torchrun the same loop runs DistributedDataParallel (emtm.engi
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -42,45 +41,13 @@ from emtm.engine.checkpoint import (
     write_run_config,
 )
 from emtm.engine.evaluate import evaluate, to_device
+from emtm.engine.optim import amp_dtype, autocast, param_groups, warmup_linear
 from emtm.engine.run_files import open_tensorboard, write_metrics
 from emtm.engine.signals import StopRequest, TrainingStopped, ignore_stop_signals
 from emtm.errors import EmtmError
-from emtm.models.base import GroundingModel
 from emtm.models.registry import build_model, model_config
 
 log = logging.getLogger("emtm.train")
-
-
-def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
-    if device.type != "cuda" or amp == "off":
-        return None
-    if amp == "fp16":
-        return torch.float16
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def param_groups(model: GroundingModel, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices and tables; never norms, biases or other vectors."""
-    decay, no_decay = [], []
-    for _, param in model.named_parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def warmup_linear(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return factor
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -63,7 +63,7 @@ def compare_models(
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Train each model on the data.yaml, evaluate on its test split, print and write one table."""
-    from emtm.cli import print_table
+    from emtm.console import print_table
 
     dev = resolve_device(device)
     results: dict[str, Any] = {"data": str(yaml_path), "device": device_name(dev), "seed": seed, "models": {}}
@@ -141,7 +141,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """teachers -> export -> distill -> evaluate on a built-in benchmark, one table at the end: the quick
     demo (default preset small-pixels) or, with `full`, the full one (default preset small)."""
-    from emtm.cli import print_kau_summary, print_table
+    from emtm.console import print_kau_summary, print_table
 
     preset = preset or ("small" if full else "small-pixels")
     data_dir = data_dir or Path("data") / f"synth-{preset}"

@@ -26,13 +26,13 @@ import torch
 from emtm.config import OptimConfig, TrainConfig
 from emtm.data.dataset import GroundingDataset, split_dataset
 from emtm.device import num_threads, resolve_device
-from emtm.distill.cache import export_teacher
-from emtm.distill.show import kau_summary, show_query
 from emtm.engine.checkpoint import export_student, load_run
 from emtm.engine.evaluate import SplitPredictions, predict_dataset, score_predictions
 from emtm.engine.flops import flops_per_query
 from emtm.engine.metrics import temporal_iou
+from emtm.engine.teachers import export_teacher
 from emtm.engine.train import train
+from emtm.experiments.show import kau_summary, show_query
 from emtm.io import claim, write_json, write_markdown_table
 
 TIMED_QUERIES = 200  # latency is measured at batch 1 on the first queries of the test split
@@ -56,7 +56,7 @@ class Plan:
     emtm_options: dict[str, Any] = field(default_factory=dict)
     baselines: dict[str, Stage] = field(default_factory=dict)  # reported for context, not distilled
     # K >= 2: the caches are out-of-fold: each teacher is also trained K times without one fold of the
-    # train videos (fold_epochs of its epochs), and those runs are exported together (distill/cache.py)
+    # train videos (fold_epochs of its epochs), and those runs are exported together (engine/teachers.py)
     teacher_folds: int = 0
 
 

@@ -12,14 +12,12 @@ from torch import Tensor, nn
 
 from emtm.models.base import DataSpec, GroundingModel, ModelConfig, Predictions
 from emtm.models.layers import WordEmbedding, masked_mean
-from emtm.models.registry import register
 
 
 class PriorConfig(ModelConfig):
     pass
 
 
-@register("prior")
 class Prior(GroundingModel):
     """No learning: the mean training moment, in fractions of the video length."""
 
@@ -67,7 +65,6 @@ def window_regression_loss(window: Tensor, batch: dict[str, Tensor]) -> tuple[Te
     return l1 + iou, {"l1": l1.item(), "iou": iou.item()}
 
 
-@register("meanpool")
 class MeanPoolRegressor(GroundingModel):
     """Order-free baseline: it sees the average clip and the average word, nothing in between."""
 

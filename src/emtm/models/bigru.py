@@ -16,7 +16,6 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from emtm.models.base import DataSpec, ModelConfig
 from emtm.models.layers import WordEmbedding, masked_mean
 from emtm.models.losses import boundary_loss
-from emtm.models.registry import register
 from emtm.models.student import SpanModel
 
 
@@ -34,7 +33,6 @@ def run_gru(gru: nn.GRU, x: Tensor, mask: Tensor) -> Tensor:
     return out
 
 
-@register("bigru")
 class BiGRU(SpanModel):
     """Span outputs, decoding and teacher outputs as every span model (`SpanModel`); its own loss."""
 

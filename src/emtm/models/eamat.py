@@ -36,7 +36,6 @@ from emtm.models.layers import (
     WeightedPool,
     masked_fill_padding,
 )
-from emtm.models.registry import register
 from emtm.models.seqpan import attend, key_mask, merge_heads, split_heads
 from emtm.models.student import SpanModel
 
@@ -145,7 +144,6 @@ class EAMATConfig(ModelConfig):
         return self
 
 
-@register("eamat")
 class EAMAT(SpanModel):
     Config = EAMATConfig
     output_form = "span"

@@ -29,7 +29,6 @@ from emtm.models.decode import _span_nms
 from emtm.models.encoder import GroundingEncoder
 from emtm.models.layers import NEG_INF, ContextQueryAttention, ConvBlock, WeightedPool, masked_softmax
 from emtm.models.losses import boundary_loss
-from emtm.models.registry import register
 
 
 def rank_proposals(
@@ -70,7 +69,6 @@ class ProposalConfig(ModelConfig):
     iou_weight: float = Field(1.0, ge=0)
 
 
-@register("proposals")
 class BoundaryProposals(GroundingModel):
     Config = ProposalConfig
     output_form = "proposals"

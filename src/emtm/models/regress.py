@@ -17,7 +17,6 @@ from emtm.models.base import DataSpec, GroundingModel, ModelConfig, Predictions
 from emtm.models.baselines import window_regression_loss
 from emtm.models.encoder import GroundingEncoder
 from emtm.models.layers import ContextQueryAttention, ConvBlock, QueryConcat, WeightedPool
-from emtm.models.registry import register
 
 
 class RegressConfig(ModelConfig):
@@ -28,7 +27,6 @@ class RegressConfig(ModelConfig):
     min_width: float = 0.01
 
 
-@register("regress")
 class Regressor(GroundingModel):
     Config = RegressConfig
     output_form = "regression"

@@ -24,7 +24,6 @@ from torch import Tensor, nn
 from emtm.models.base import DataSpec, ModelConfig
 from emtm.models.encoder import GroundingEncoder
 from emtm.models.layers import add_residual, zero_padding_
-from emtm.models.registry import register
 from emtm.models.student import SpanHead, SpanModel
 
 
@@ -125,7 +124,6 @@ class SeqPANConfig(ModelConfig):
         return self
 
 
-@register("seqpan")
 class SeqPAN(SpanModel):
     Config = SeqPANConfig
     output_form = "span"

@@ -14,7 +14,6 @@ from emtm.models.decode import decode_spans
 from emtm.models.encoder import GroundingEncoder
 from emtm.models.layers import ConditionedPredictor, ContextQueryAttention, QueryConcat, SequenceMatching
 from emtm.models.losses import boundary_loss, matching_loss
-from emtm.models.registry import register
 
 
 class StudentConfig(ModelConfig):
@@ -83,7 +82,6 @@ class SpanModel(GroundingModel):
         return Predictions(spans_to_fractions(spans, mask), scores)
 
 
-@register("student")
 class Student(SpanModel):
     Config = StudentConfig
 

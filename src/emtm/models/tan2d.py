@@ -24,7 +24,6 @@ from emtm.models.base import DataSpec, GroundingModel, ModelConfig, Predictions
 from emtm.models.encoder import GroundingEncoder
 from emtm.models.layers import WeightedPool
 from emtm.models.proposals import rank_proposals
-from emtm.models.registry import register
 
 
 class Tan2dConfig(ModelConfig):
@@ -96,7 +95,6 @@ def scaled_iou_targets(iou: Tensor, min_iou: float, max_iou: float) -> Tensor:
     return ((iou - min_iou) / (max_iou - min_iou)).clamp(0.0, 1.0)
 
 
-@register("tan2d")
 class Tan2d(GroundingModel):
     Config = Tan2dConfig
     output_form = "2dmap"

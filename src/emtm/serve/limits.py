@@ -31,6 +31,11 @@ class Limits:
         return asdict(self)
 
 
+def body_too_large(limit: int) -> str:
+    """The message of a request body that is read past its limit of `limit` bytes (413)."""
+    return f"request body is larger than the limit of {limit} bytes"
+
+
 class Refused(Exception):
     """A request the server refuses: an HTTP status and a message for the user."""
 

@@ -1,7 +1,7 @@
 """The "Teachers and KAU" view of `emtm serve`: for a distilled run, each training example's teachers'
 unified start/end distributions, the KAU weights, the ensemble and the student, as JSON.
 
-The numbers come from `emtm.distill.show.TeacherView`, the code path that `emtm show` draws.
+The numbers come from `emtm.experiments.show.TeacherView`, the code path that `emtm show` draws.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ class TeacherExamples:
     """The training examples of a distilled run, explained one at a time (thread-safe)."""
 
     def __init__(self, model_dir: str | Path, options: TeacherOptions):
-        from emtm.distill.show import TeacherView
         from emtm.engine.checkpoint import load_run
+        from emtm.experiments.show import TeacherView
 
         self.view = TeacherView(
             load_run(model_dir),

@@ -1,5 +1,6 @@
-"""The uploads of `emtm serve`: kept under one folder, capped in number and bytes (the video files plus
-their extracted features), least recently used evicted first, and all deleted when the server stops.
+"""The uploads of `emtm serve`: received into one folder under their content hash (`store_upload`), kept
+capped in number and bytes (the video files plus their extracted features), least recently used evicted
+first, and all deleted when the server stops.
 
 Each server keeps its uploads in a folder of its own under the cache's `uploads/` (`UploadSession`),
 locked for the server's life, so servers that share one cache never delete each other's uploads."""
@@ -7,17 +8,19 @@ locked for the server's life, so servers that share one cache never delete each 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from emtm.io import lock_file
+from emtm.serve.limits import Refused, body_too_large, check_name, resolve_inside
 
 _HASH_NAME = re.compile(r"[0-9a-f]{32}")
 
@@ -87,6 +90,22 @@ class UploadCache:
             self._items.move_to_end(name)
             return True
 
+    def kept(self, name: object) -> str:
+        """`name` if it is a kept upload (and mark it as just used), else Refused(404) saying why."""
+        check_name(name, "upload")
+        if not self.touch(name):
+            raise Refused(
+                404,
+                f"upload {name!r} is not kept on this server: it keeps the {self.max_items} most "
+                f"recently used uploads (at most {self.max_bytes / 2**20:g} MiB with their "
+                "features) and deletes them when it stops; upload the file again",
+            )
+        return name
+
+    def path_of(self, name: object) -> Path:
+        """The file of the kept upload `name` (marked as just used), else Refused (4xx) saying why."""
+        return resolve_inside(self.root, self.kept(name), "upload")
+
     def pin(self, name: str) -> None:
         with self._lock:
             if name in self._items:
@@ -123,6 +142,35 @@ class UploadCache:
         with self._lock:
             self._items.clear()
         return delete_uploads(self.root, self.forget)
+
+
+async def store_upload(
+    chunks: AsyncIterable[bytes], root: Path, filename: str, max_bytes: int
+) -> tuple[str, str, int]:
+    """Write the body `chunks` into `root`, complete or not at all, named by its SHA-256 (32 hex digits)
+    and the suffix of `filename`; returns (name, SHA-256 hex, bytes). Refused: 413 past `max_bytes`, 400
+    when empty or badly named."""
+    suffix = Path(check_name(filename, "upload")).suffix.lower()
+    part = root / f".part-{uuid.uuid4().hex}"
+    digest, size = hashlib.sha256(), 0
+    try:
+        with part.open("wb") as handle:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise Refused(413, body_too_large(max_bytes))
+                digest.update(chunk)
+                handle.write(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if size == 0:
+            raise Refused(400, "the upload is empty; send the video file as the request body")
+        sha = digest.hexdigest()
+        name = f"{sha[:32]}{suffix}"
+        os.replace(part, root / name)
+    finally:
+        part.unlink(missing_ok=True)
+    return name, sha, size
 
 
 def delete_uploads(root: Path, forget: Callable[[str], None]) -> int:

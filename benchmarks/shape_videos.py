@@ -1,7 +1,9 @@
 """Small generated videos with known content: coloured shapes appear on a plain background at known times.
 
-Used by the tests, the end-to-end check (benchmarks/video_e2e.py) and docs/VIDEO.md: each shape event is
-described by a sentence ("a red square appears.") with its true start and end, in Charades-STA format.
+Used by the tests, the end-to-end check (shapes_e2e.py, benchmarks/video_e2e.py), the other benchmarks
+that need video files and docs/VIDEO.md: each shape event is described by a sentence ("a red square
+appears.") with its true start and end, in Charades-STA format. A helper module of benchmarks/, not a
+script (the tests import it through tests/conftest.py).
 Nothing here is a binary in the repository: the videos are written on demand with PyAV.
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from emtm.argtypes import nonneg_int, positive_int
+from emtm.cli.argtypes import nonneg_int, positive_int
 from emtm.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ def summary_rows(result: dict[str, Any]) -> list[list[str]]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from emtm.cli import print_table
+    from emtm.console import print_table
     from emtm.experiments.bench.limits import limits_line
     from emtm.experiments.bench.runner import run_bench
     from emtm.io import write_json, write_markdown_table

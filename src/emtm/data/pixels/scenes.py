@@ -1,54 +1,16 @@
-"""The real-pixel benchmark's videos: Fashion-MNIST photographs that enter, move and leave a textured scene.
-
-Scripts, sentences and frames only; `emtm.extract.pixel_benchmark` writes the frames as H.264 videos,
-runs `emtm extract` on them and writes the annotations. Nothing here makes features.
-
-A video (16-36 s) holds 2-5 *events*. In an event an item (a Fashion-MNIST image of one of 10 classes,
-tinted one of 6 colours) fades in, moves left, right, up or down, or grows or shrinks, and fades out.
-Events may overlap in time (at most two items at once, in different halves of the frame). Later events
-often repeat an earlier event's class or colour, and some repeat both: then a sentence must say which
-instance it means, by order ("... for the second time") or by another event ("... after the blue bag
-leaves", "... while the red coat is on screen"). Brief *distractors* (0.5-1.25 s, static) show an item
-that shares the class or the colour of an event, never both. The background is a per-video texture of
-two colours that pans slowly and changes brightness.
-
-Train videos draw their items from the 60k Fashion-MNIST training images, test videos from the 10k test
-images: test items are instances never seen in training.
-
-Grammar (every word is in GloVe 6B, checked by the tests). D = "the {colour} {class} {motion}":
-
-    single   D.                                      the item (class + colour) occurs once in the video
-    ordinal  D for the {first|second|...} time.      the n-th occurrence of the item, by start time
-    after    D after the {colour} {class} leaves.    the only occurrence starting after that event ends
-    before   D before the {colour} {class} appears.  the only occurrence ending before that event starts
-    while    D while the {colour} {class} is on screen.  the only occurrence overlapping that event (>= 1 s)
-
-The item named after "after", "before" or "while" occurs exactly once in the video. `resolve` checks
-every query: the events its words could mean are computed from the script, and a query that does not
-pick out exactly one event is dropped. Motion words describe the event but are never needed to tell it
-apart (pooled CNN features may not see direction).
-"""
+"""The real-pixel benchmark's scene scripts: its knobs (`PixelConfig`, `PIXEL_PRESETS`), what happens
+in each video (events, distractors, which image each shows) and the checked queries about it
+(`make_scripts`, `resolve`, `sentence`); the grammar is in the `emtm.data.pixels` docstring."""
 
 from __future__ import annotations
 
-import gzip
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from emtm.errors import ConfigError, DataError
+from emtm.data.pixels.images import CLASSES, ImageSet
+from emtm.errors import ConfigError
 
-PathLike = str | os.PathLike[str]
-DEFAULT_IMAGES = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
-IDX_FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
-CLASSES = ("t-shirt", "trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
 COLOURS = {
     "red": (225, 35, 35),
     "green": (40, 200, 60),
@@ -67,95 +29,6 @@ MOTIONS = {  # motion -> the phrases a sentence may use for it
 }
 ORDINALS = ("first", "second", "third", "fourth", "fifth")
 QUERY_KINDS = ("single", "ordinal", "after", "before", "while")
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-MISSING_IMAGES = (
-    "Fashion-MNIST images not found: install Debian's package (apt-get install dataset-fashion-mnist, "
-    f"which puts them in {DEFAULT_IMAGES}) or pass --images DIR, a folder with the four standard idx files "
-    "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, "
-    "each optionally .gz)"
-)
-
-
-# --------------------------------------------------------------------------------------------- images
-def read_idx(path: PathLike) -> np.ndarray:
-    """An idx file (optionally gzipped) as a numpy array: 2 zero bytes, a type code, the number of
-    dimensions, each dimension as a big-endian uint32, then the raw values."""
-    path = Path(path)
-    try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise DataError(f"cannot read this idx file ({exc})", path=path) from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DataError("not an idx file: expected 2 zero bytes and a type code (0x08 for uint8)", path=path)
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"idx header cut short: {ndim} dimensions need {header} bytes", path=path)
-    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    need = header + int(np.prod(shape)) * dtype.itemsize
-    if len(raw) != need:
-        raise DataError(
-            f"idx file of shape {shape} should be {need} bytes, found {len(raw)}: truncated or corrupt",
-            path=path,
-        )
-    return np.frombuffer(raw, dtype, offset=header).reshape(shape)
-
-
-def idx_paths(root: PathLike | None = None) -> dict[str, Path]:
-    """The four Fashion-MNIST idx files in `root` (default: Debian's folder), .gz or not."""
-    root = Path(root).expanduser() if root is not None else DEFAULT_IMAGES
-    found = {}
-    for key, name in IDX_FILES.items():
-        for candidate in (root / name, root / f"{name}.gz"):
-            if candidate.is_file():
-                found[key] = candidate
-                break
-        else:
-            raise DataError(f"{MISSING_IMAGES}; missing {name}[.gz]", path=root)
-    return found
-
-
-@dataclass
-class ImageSet:
-    """Fashion-MNIST: (N, 28, 28) uint8 images (bright item on black) and their class labels."""
-
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-    paths: dict[str, Path] = field(default_factory=dict)
-
-    def pool(self, split: str) -> tuple[np.ndarray, list[np.ndarray]]:
-        """The images of `split` ('train' and 'val' use the training images) and their indices per class."""
-        images, labels = (
-            (self.test_images, self.test_labels)
-            if split == "test"
-            else (self.train_images, self.train_labels)
-        )
-        return images, [np.flatnonzero(labels == c) for c in range(len(CLASSES))]
-
-
-def load_images(root: PathLike | None = None) -> ImageSet:
-    """Read Fashion-MNIST's four idx files from `root` (default Debian's folder) and check their shapes."""
-    paths = idx_paths(root)
-    arrays = {key: read_idx(path) for key, path in paths.items()}
-    for split in ("train", "test"):
-        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
-            raise DataError(
-                f"expected (N, 28, 28) uint8 images, found {images.dtype} {images.shape}",
-                path=paths[f"{split}_images"],
-            )
-        if labels.shape != (images.shape[0],) or labels.size == 0 or labels.max() >= len(CLASSES):
-            raise DataError(
-                f"expected {images.shape[0]} labels in 0..9, found shape {labels.shape}",
-                path=paths[f"{split}_labels"],
-            )
-        missing = sorted(set(range(len(CLASSES))) - set(np.unique(labels).tolist()))
-        if missing:
-            raise DataError(f"no images of class(es) {missing}", path=paths[f"{split}_labels"])
-    return ImageSet(**arrays, paths=paths)
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -449,72 +322,3 @@ def kind_shares(scripts: list[PixelScript]) -> dict[str, float]:
     """The share (%) of each query kind among a split's queries."""
     kinds = [q.kind for s in scripts for q in s.queries]
     return {kind: 100.0 * kinds.count(kind) / max(len(kinds), 1) for kind in QUERY_KINDS}
-
-
-# --------------------------------------------------------------------------------------------- frames
-def _background(cfg: PixelConfig, rng: np.random.Generator) -> np.ndarray:
-    """A (2S, 2S, 3) float texture: two colours mixed by smooth noise, plus fine grain."""
-    size = 2 * cfg.frame_size
-    coarse = rng.random((9, 9))
-    ys = np.linspace(0, 8, size)
-    y0 = np.floor(ys).astype(int).clip(0, 7)
-    fy = (ys - y0)[:, None]
-    rows = coarse[y0] * (1 - fy) + coarse[y0 + 1] * fy  # (size, 9) bilinear in y
-    mix = rows[:, y0] * (1 - fy.T) + rows[:, y0 + 1] * fy.T  # then in x
-    mix = (mix - mix.min()) / max(float(np.ptp(mix)), 1e-6)
-    c1, c2 = rng.uniform(20, 140, size=(2, 3))
-    grain = rng.normal(0, 6, (size, size, 1))
-    return (c1 * mix[..., None] + c2 * (1 - mix[..., None]) + grain).astype(np.float32)
-
-
-def _item_patch(image: np.ndarray, px: int) -> np.ndarray:
-    """A 28x28 image resized to px x px (bilinear), as alpha in [0, 1]."""
-    src = image.astype(np.float32) / 255.0
-    coords = (np.arange(px) + 0.5) * (28 / px) - 0.5
-    i0 = np.floor(coords).astype(int).clip(0, 26)
-    f = (coords - i0).clip(0, 1)
-    rows = src[i0] * (1 - f[:, None]) + src[i0 + 1] * f[:, None]
-    return rows[:, i0] * (1 - f[None, :]) + rows[:, i0 + 1] * f[None, :]
-
-
-def _paste(frame: np.ndarray, alpha: np.ndarray, colour: np.ndarray, cx: float, cy: float) -> None:
-    size, px = frame.shape[0], alpha.shape[0]
-    x0, y0 = int(round(cx * size - px / 2)), int(round(cy * size - px / 2))
-    fx0, fy0, fx1, fy1 = max(x0, 0), max(y0, 0), min(x0 + px, size), min(y0 + px, size)
-    if fx0 >= fx1 or fy0 >= fy1:
-        return
-    a = alpha[fy0 - y0 : fy1 - y0, fx0 - x0 : fx1 - x0, None]
-    region = frame[fy0:fy1, fx0:fx1]
-    region *= 1 - a
-    region += a * colour
-
-
-def render_frames(cfg: PixelConfig, script: PixelScript, images: ImageSet) -> np.ndarray:
-    """The (n, S, S, 3) uint8 frames of one video, frame i showing time (i + 0.5) / video_fps."""
-    rng = _rng(cfg.seed, script.index, 1)
-    pool, _ = images.pool(script.split)
-    texture = _background(cfg, rng)
-    size = cfg.frame_size
-    n = int(round(script.duration * cfg.video_fps))
-    pan = rng.uniform(-1, 1, size=2) * size / script.duration  # px per second
-    origin = rng.uniform(0, size, size=2)
-    flicker_period, flicker_phase = rng.uniform(6, 14), rng.uniform(0, 2 * np.pi)
-    frames = np.empty((n, size, size, 3), dtype=np.uint8)
-    base = 28 * cfg.item_scale
-    for i in range(n):
-        t = (i + 0.5) / cfg.video_fps
-        ox, oy = ((origin + pan * t) % size).astype(int)
-        frame = texture[oy : oy + size, ox : ox + size].copy()
-        frame *= 1 + 0.15 * np.sin(2 * np.pi * t / flicker_period + flicker_phase)
-        for a in sorted(script.events + script.distractors, key=lambda a: a.start):
-            if not a.start <= t < a.end:
-                continue
-            progress = (t - a.start) / (a.end - a.start)
-            fade = min(1.0, (t - a.start) / cfg.fade, (a.end - t) / cfg.fade)
-            scale = {"grow": 0.7 + 0.8 * progress, "shrink": 1.5 - 0.8 * progress}.get(a.motion or "", 1.0)
-            px = max(4, int(round(base * scale)))
-            alpha = _item_patch(pool[a.image], px) * fade
-            cx, cy = a.x0 + (a.x1 - a.x0) * progress, a.y0 + (a.y1 - a.y0) * progress
-            _paste(frame, alpha, np.asarray(COLOURS[a.colour], dtype=np.float32), cx, cy)
-        frames[i] = frame.clip(0, 255).astype(np.uint8)
-    return frames

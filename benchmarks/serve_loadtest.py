@@ -1,6 +1,7 @@
 """Load test of a running `emtm serve` over HTTP: N concurrent clients, each answer checked against its own
 request. Standard library only (http.client + threads), so it works from the `serve` extra alone; it
-starts no server itself (benchmarks/serve_load.py and tests/test_serve_load.py do).
+starts no server itself (benchmarks/serve_load.py and tests/test_serve_load.py do). A helper module, not a
+script: `import serve_loadtest` from benchmarks/ (the tests get it there through tests/conftest.py).
 
     bodies = [{"video": "a.mp4", "query": "a red square appears"}, ...]   # one distinct query each
     references = reference_answers(url, bodies)          # each body alone, one at a time

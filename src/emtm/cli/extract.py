@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from emtm.argtypes import positive_float, positive_int
+from emtm.cli.argtypes import positive_float, positive_int
 from emtm.errors import EmtmError
 
 
@@ -61,7 +61,7 @@ def add_parser(sub: Any) -> None:
 def cmd_extract(args: argparse.Namespace) -> int:
     import torch
 
-    from emtm.cli import print_table
+    from emtm.console import print_table
     from emtm.device import num_threads, resolve_device
     from emtm.extract.backbones import build_backbone
     from emtm.extract.extractor import FEATURES_JSON, extract_videos

@@ -1,13 +1,14 @@
 """Raw video -> features -> training -> grounding, on generated videos whose content is known.
 
 `run_shapes_check` writes videos in which a red square, a blue circle and a green triangle each appear
-for 2-5 s at random times (`emtm.extract.shapes`), with Charades-STA annotations "a red square
+for 2-5 s at random times (benchmarks/shape_videos.py), with Charades-STA annotations "a red square
 appears." and the true times; extracts their features with a frame backbone (`emtm extract`'s code);
 trains the `prior` baseline and the student with the engine; and scores both on the held-out test
 videos with the evaluator. A student that grounds the sentences in the extracted features beats the
 prior (which ignores the video and the sentence) by a wide margin; as a control, the same student given
 another test video's features (`student_shuffled`) falls back to about the prior. Used by
-tests/test_video_e2e.py (small) and benchmarks/video_e2e.py (full size).
+tests/test_video_e2e.py (small), benchmarks/video_e2e.py (full size) and benchmarks/grounder_clip.py.
+A helper module of benchmarks/, not a script (the tests import it through tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from emtm.engine.evaluate import predict_dataset, score_predictions
 from emtm.engine.train import train
 from emtm.extract.backbones import build_backbone
 from emtm.extract.extractor import extract_videos
-from emtm.extract.shapes import write_data_yaml, write_dataset
+from shape_videos import write_data_yaml, write_dataset
 
 
 def run_shapes_check(

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from emtm.argtypes import nonneg_int, positive_float, positive_int
+from emtm.cli.argtypes import nonneg_int, positive_float, positive_int
 from emtm.errors import EmtmError
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -130,7 +130,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise EmtmError(
             f"emtm serve needs the web extra ({err.name} is missing): pip install 'emtm[serve]'"
         ) from None
-    from emtm.cli import print_table
+    from emtm.console import print_table
 
     limits = limits_from(args)
     teachers = TeacherOptions(

@@ -1,5 +1,7 @@
 """`emtm serve` as a child process on a free loopback port, for the programs that drive a real server:
-the load test (benchmarks/serve_load.py), the browser test and benchmarks/grounder_clip.py."""
+the load test (benchmarks/serve_load.py), the browser test (tests/test_serve_browser.py) and
+benchmarks/grounder_clip.py. A helper module, not a script: benchmark scripts import it from their own
+folder, the tests through tests/conftest.py (which puts benchmarks/ on sys.path)."""
 
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import serve_loadtest
 from emtm.errors import EmtmError
-from emtm.serve import loadtest
 
 
 @dataclass
@@ -54,7 +56,7 @@ def serving(
     served = Served(url)
     try:
         deadline = time.monotonic() + wait_s
-        while loadtest.request(url, "GET", "/info", timeout=2).status != 200:
+        while serve_loadtest.request(url, "GET", "/info", timeout=2).status != 200:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise EmtmError(
                     f"emtm serve did not start within {wait_s:g} s: {Path(log).read_text()[-2000:]}"
