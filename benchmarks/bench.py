@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 from emtm.cli.bench import add_options, cmd_bench
-
 from emtm.errors import EmtmError
 
 
