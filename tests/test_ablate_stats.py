@@ -41,3 +41,13 @@ def test_paired_differences_against_the_student_and_the_best_single_teacher() ->
     table = {r[0]: r for r in summary_rows(STATE)}
     assert table["student + KAU + shared encoder (EMTM)"][-2].endswith("*")
     assert not table["student + KAU + shared encoder (EMTM)"][-1].endswith("*")
+
+
+def test_a_difference_over_fewer_than_five_seeds_is_marked_as_an_indication() -> None:
+    three = {
+        "rows": {
+            name: {**r, "seeds": dict(list(r["seeds"].items())[:3])} for name, r in STATE["rows"].items()
+        }
+    }
+    table = {r[0]: r for r in summary_rows(three)}
+    assert table["student + KAU + shared encoder (EMTM)"][-2].endswith("†")  # 4, 3.5, 4: excludes 0

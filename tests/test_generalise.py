@@ -97,5 +97,10 @@ def test_paired_difference_pairs_runs_and_says_when_zero_is_excluded() -> None:
     # The same means unpaired would overlap; a noisy pairing is within noise.
     noisy = paired_difference([71.0, 60.0, 80.0], [70.0, 70.0, 70.0])
     assert not noisy["excludes_zero"] and verdict(noisy) == "within noise"
+    # Three seeds whose CI excludes 0 are an indication, not a claim (five seeds are the bar).
+    three = paired_difference([72.0, 73.0, 74.0], [70.0, 70.5, 71.0])
+    assert three["excludes_zero"] and verdict(three, "A", "B") == "A ahead of B (n = 3, an indication)"
+    assert verdict(three, "A", "B", min_n=3) == "A beats B"
+    assert verdict(paired_difference([1.0, 1.0, 1.0, 1.0, 1.0], [2.0, 2.1, 2.2, 2.3, 2.4])) == "B beats A"
     with pytest.raises(ValueError, match="equal counts"):
         paired_difference([1.0], [1.0, 2.0])

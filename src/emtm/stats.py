@@ -1,7 +1,8 @@
 """Uncertainty for results over seeds: mean with a 95% t interval, and paired differences.
 
-"A beats B" needs a paired 95% CI that excludes 0: `paired_difference(a, b)` pairs run i of A with
-run i of B (same seed, same data) and gives the mean difference with its t interval.
+"A beats B" needs a paired 95% CI that excludes 0 over at least five seeds: `paired_difference(a, b)`
+pairs run i of A with run i of B (same seed, same data) and gives the mean difference with its t
+interval; `verdict` words it.
 """
 
 from __future__ import annotations
@@ -58,8 +59,13 @@ def ci_text(stat: dict[str, float], digits: int = 2) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['ci']:.{digits}f}"
 
 
-def verdict(diff: dict[str, float], a: str = "A", b: str = "B") -> str:
-    """'A beats B', 'B beats A' or 'within noise', from a `paired_difference`."""
+def verdict(diff: dict[str, float], a: str = "A", b: str = "B", min_n: int = 5) -> str:
+    """'A beats B', 'B beats A' or 'within noise', from a `paired_difference`. A claim needs at least
+    `min_n` pairs (five seeds); with fewer, a CI that excludes 0 reads 'A ahead of B (n = 3, an
+    indication)'."""
     if not diff.get("excludes_zero"):
         return "within noise"
-    return f"{a} beats {b}" if diff["mean"] > 0 else f"{b} beats {a}"
+    first, second = (a, b) if diff["mean"] > 0 else (b, a)
+    if diff["n"] < min_n:
+        return f"{first} ahead of {second} (n = {diff['n']}, an indication)"
+    return f"{first} beats {second}"

@@ -80,7 +80,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     except TrainingStopped as stop:
         raise stop.rerun("emtm ablate") from None
     print_table(
-        f"ablation, test split, {args.seeds} seed(s): mean ± 95% CI; paired differences (* excludes 0)",
+        f"ablation, test split, {args.seeds} seed(s): mean ± 95% CI; paired differences "
+        "(* excludes 0 over >= 5 seeds, † over fewer)",
         SUMMARY_COLUMNS,
         summary_rows(state),
     )

@@ -331,10 +331,12 @@ def comparisons(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def diff_text(diff: dict[str, Any] | None) -> str:
-    """'+1.20 ± 0.71 *' (the paired mean and 95% half-width; * when the interval excludes 0), or ''."""
+    """'+1.20 ± 0.71 *' (the paired mean and 95% half-width; * when the interval excludes 0 over at
+    least five seeds, † when it does over fewer: an indication, not a claim), or ''."""
     if not diff:
         return ""
-    return f"{diff['mean']:+.2f} ± {diff['ci']:.2f}{' *' if diff['excludes_zero'] else ''}"
+    mark = (" *" if diff["n"] >= 5 else " †") if diff["excludes_zero"] else ""
+    return f"{diff['mean']:+.2f} ± {diff['ci']:.2f}{mark}"
 
 
 SUMMARY_COLUMNS = [
@@ -350,7 +352,7 @@ SUMMARY_COLUMNS = [
 
 def summary_rows(state: dict[str, Any]) -> list[list[Any]]:
     """One table row per finished ablation row: metrics as mean ± 95% CI over seeds, and the paired
-    R1@0.7 difference against the student alone and the best single teacher (* where it excludes 0)."""
+    R1@0.7 difference against the student alone and the best single teacher (`diff_text`)."""
     rows, versus = [], comparisons(state)
     for name, results in state["rows"].items():
         if results["seeds"]:
@@ -371,7 +373,10 @@ def write_report(out: Path, state: dict[str, Any]) -> None:
         name: {**summarise(r), **versus.get(name, {})} for name, r in state["rows"].items() if r["seeds"]
     }
     write_json(out / "ablation_summary.json", summaries)
-    title = "ablation, test split: mean ± 95% CI over seeds; differences paired over seeds (* CI excludes 0)"
+    title = (
+        "ablation, test split: mean ± 95% CI over seeds; differences paired over seeds "
+        "(* CI excludes 0 over >= 5 seeds, † over fewer)"
+    )
     write_markdown_table(out / "ablation.md", SUMMARY_COLUMNS, summary_rows(state), title=title)
     plot_curves(out, state)
 
