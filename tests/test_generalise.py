@@ -102,5 +102,9 @@ def test_paired_difference_pairs_runs_and_says_when_zero_is_excluded() -> None:
     assert three["excludes_zero"] and verdict(three, "A", "B") == "A ahead of B (n = 3, an indication)"
     assert verdict(three, "A", "B", min_n=3) == "A beats B"
     assert verdict(paired_difference([1.0, 1.0, 1.0, 1.0, 1.0], [2.0, 2.1, 2.2, 2.3, 2.4])) == "B beats A"
+    # A difference under 0.01% of B is no difference, however narrow the interval.
+    same = paired_difference([3.5, 2.0, 4.25], [3.5 + 1e-4, 2.0 + 2e-4, 4.25 + 1e-4])
+    assert same["negligible"] and not same["excludes_zero"] and verdict(same) == "level (under 0.01%)"
+    assert not paired_difference([3.5, 2.0, 4.25], [3.6, 2.1, 4.35])["negligible"]
     with pytest.raises(ValueError, match="equal counts"):
         paired_difference([1.0], [1.0, 2.0])

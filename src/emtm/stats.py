@@ -19,6 +19,7 @@ _T975 = (
     2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
 )  # fmt: skip
 _Z975 = 1.959964
+NEGLIGIBLE = 1e-4  # relative size under which a paired difference is no difference
 
 
 def t975(df: int) -> float:
@@ -44,11 +45,16 @@ def mean_ci(values: Sequence[float]) -> dict[str, float | None]:
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
-    """`mean_ci` of a_i - b_i, and `excludes_zero`: whether the 95% interval lies on one side of 0."""
+    """`mean_ci` of a_i - b_i; `excludes_zero`: whether the 95% interval lies on one side of 0;
+    `negligible`: whether the mean difference is under 0.01% of b's mean magnitude."""
     if len(a) != len(b):
         raise ValueError(f"paired values need equal counts, got {len(a)} and {len(b)}")
-    diff = mean_ci(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
-    diff["excludes_zero"] = bool(diff["n"] > 1 and abs(diff["mean"]) > diff["ci"])
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    diff = mean_ci(x - y)
+    # A mean difference under 0.01% of B's mean magnitude (a mixture that puts 0.9999 of its weight on
+    # one teacher, against that teacher) is no difference, however narrow its interval.
+    diff["negligible"] = bool(abs(diff["mean"]) <= NEGLIGIBLE * float(np.abs(y).mean()) + 1e-12)
+    diff["excludes_zero"] = bool(diff["n"] > 1 and not diff["negligible"] and abs(diff["mean"]) > diff["ci"])
     return diff
 
 
@@ -60,9 +66,11 @@ def ci_text(stat: dict[str, float], digits: int = 2) -> str:
 
 
 def verdict(diff: dict[str, float], a: str = "A", b: str = "B", min_n: int = 5) -> str:
-    """'A beats B', 'B beats A' or 'within noise', from a `paired_difference`. A claim needs at least
-    `min_n` pairs (five seeds); with fewer, a CI that excludes 0 reads 'A ahead of B (n = 3, an
-    indication)'."""
+    """'A beats B', 'B beats A', 'within noise' or 'level (under 0.01%)', from a `paired_difference`. A claim
+    needs at least `min_n` pairs (five seeds); with fewer, a CI that excludes 0 reads 'A ahead of B
+    (n = 3, an indication)'."""
+    if diff.get("negligible"):
+        return "level (under 0.01%)"
     if not diff.get("excludes_zero"):
         return "within noise"
     first, second = (a, b) if diff["mean"] > 0 else (b, a)
