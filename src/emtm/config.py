@@ -126,6 +126,12 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seed: int = 0
+    val_seed: int | None = Field(
+        None,
+        description="seed of the validation hold-out of the train videos, when data.yaml has no val split "
+        "(None: `seed`); a distilled student takes its teachers' (from their caches), so that none of "
+        "its validation queries was seen by a teacher",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     num_workers: int = Field(0, ge=0)
@@ -159,6 +165,11 @@ class TrainConfig(BaseModel):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+
+    @property
+    def holdout_seed(self) -> int:
+        """The seed that picks the validation videos held out of train."""
+        return self.run.seed if self.run.val_seed is None else self.run.val_seed
 
     @model_validator(mode="after")
     def _kau_teachers_pair(self) -> TrainConfig:

@@ -67,7 +67,7 @@ def predict_file(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Predict every query of a split of `data_yaml` with a loaded model and write `out` (JSON lines)."""
-    dataset = split_dataset(data_yaml, split, run.vocab, run.cfg.run.seed, run.cfg.fold)
+    dataset = split_dataset(data_yaml, split, run.vocab, run.cfg.holdout_seed, run.cfg.fold)
     if dataset.store.dim != run.spec.video_dim:
         raise EmtmError(
             f"{dataset.store.path}: features are {dataset.store.dim}-d, this model expects "

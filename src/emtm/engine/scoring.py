@@ -30,7 +30,7 @@ def score_model(
         run = load_run(path, "last.safetensors" if weights == "last" else "model.safetensors", dev)
     if not (data or run.cfg.data):
         raise EmtmError(f"{path} is an exported model: give --data D.yaml to evaluate it on")
-    dataset = split_dataset(data or run.cfg.data, split, run.vocab, run.cfg.run.seed, run.cfg.fold)
+    dataset = split_dataset(data or run.cfg.data, split, run.vocab, run.cfg.holdout_seed, run.cfg.fold)
     eval_cfg = run.cfg.eval.model_copy(update={"protocol": protocol})
     preds = predict_dataset(run.model, dataset, eval_cfg, dev, batch_size, progress=progress)
     metrics = evaluation_report(preds, protocol, breakdown)

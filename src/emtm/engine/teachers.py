@@ -80,6 +80,7 @@ def export_teacher(
     meta = data.meta(runs[0].cfg.model, form, source, options)
     meta.folds = folds
     meta.calibration = calibration.to_dict() if calibration else None
+    meta.holdout_seed = None if folds else runs[0].cfg.holdout_seed  # out-of-fold entries: all held out
 
     def entries() -> Iterator[tuple[str, np.ndarray]]:
         for run in runs:
@@ -210,7 +211,7 @@ def _held_out_chunks(
     """The run's teacher outputs on the validation queries it held out (the data.yaml's val split, or
     the seeded hold-out of its train split), with their ground truth on the student grid."""
     cfg = load_data_config(data_yaml)
-    prepared = prepare(cfg, run.cfg.run.seed, names=("train", "val"), fold=run.cfg.fold)
+    prepared = prepare(cfg, run.cfg.holdout_seed, names=("train", "val"), fold=run.cfg.fold)
     samples = prepared.splits["val"].samples
     if not samples:
         raise DataError("calibration needs held-out queries, and the validation split is empty", data_yaml)

@@ -29,6 +29,7 @@ from emtm.config import TrainConfig, load_data_config
 from emtm.data.dataset import GroundingDataset, Prepared, collate, prepare
 from emtm.data.text import Vocab, load_word_vectors
 from emtm.device import num_threads, resolve_device
+from emtm.distill.cache import teachers_holdout_seed
 from emtm.engine import distributed
 from emtm.engine.checkpoint import (
     SpecInfo,
@@ -66,7 +67,7 @@ class RunData:
 def build_run_data(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None = None) -> RunData:
     data_cfg = load_data_config(cfg.data)
     data_cfg.require_split("train", "training needs one (its vocabulary and its queries)")
-    prepared = prepare(data_cfg, cfg.run.seed, fold=cfg.fold)
+    prepared = prepare(data_cfg, cfg.holdout_seed, fold=cfg.fold)
     train_samples = prepared.splits["train"].samples
     if resume and (run_dir / "vocab.json").exists():
         vocab, matrix = Vocab.load(run_dir / "vocab.json"), None
@@ -151,12 +152,24 @@ def train(
     """
     if distributed.is_main_process():
         check_run_dir(Path(run_dir), resume, overwrite)
+    cfg = with_teachers_holdout(cfg)
     with num_threads(cfg.run.threads):  # restored afterwards
         ctx = distributed.setup(resolve_device(cfg.run.device), cfg.run.dist_timeout_s)
         try:
             return Trainer(cfg, Path(run_dir), ctx, resume).run(on_epoch_end)
         finally:
             ctx.close()
+
+
+def with_teachers_holdout(cfg: TrainConfig) -> TrainConfig:
+    """A distilled student holds out the validation videos its teachers held out (`val_seed` from their
+    caches), unless `run.val_seed` is given: its model selection then reads no query a teacher saw."""
+    if not cfg.teachers or cfg.run.val_seed is not None:
+        return cfg
+    seed = teachers_holdout_seed(cfg.teachers)
+    if seed is None:
+        return cfg
+    return cfg.model_copy(update={"run": cfg.run.model_copy(update={"val_seed": seed})})
 
 
 @dataclass

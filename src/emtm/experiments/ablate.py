@@ -4,8 +4,10 @@ paired differences against the student alone and the best single teacher.
 Rows: 1 student alone; 2 student + each single teacher; 3 + the mean of the teachers; 4 + KAU; 5 + KAU
 and the shared encoder (full EMTM); 6 full EMTM with 1..K teachers; 7 full EMTM with d in {32, 64, 128}.
 Controls: 8 KD toward the Gaussian-smoothed ground truth (no teacher: how much is label smoothing);
-9 the best global teacher weights, fitted on each seed's validation queries; 10 the mean of
-calibrated teachers (given as `calibrated` caches, `emtm teachers export` with calibration).
+9 the best global teacher weights, fitted on the validation queries; 10 the mean of calibrated
+teachers (given as `calibrated` caches, `emtm teachers export` with calibration). When the teachers'
+caches record the validation videos their runs held out (`CacheMeta.holdout_seed`), every row and seed
+holds out those videos: seeds then differ in initialisation and order, not in their training queries.
 Resumable: every finished (row, seed) is stored in ablation.json and never recomputed, and a run
 stopped part-way continues from its last checkpoint. Parallel: any number of `emtm ablate` processes
 may share one --out folder; each (row, seed) is trained by whichever process locks it first (an OS
@@ -26,6 +28,7 @@ import numpy as np
 from emtm.config import TrainConfig, validate
 from emtm.data.dataset import split_dataset
 from emtm.device import num_threads, resolve_device
+from emtm.distill.cache import teachers_holdout_seed
 from emtm.distill.mixtures import fit_global_weights, validation_dists
 from emtm.distill.model import EMTMConfig
 from emtm.engine.checkpoint import LoadedRun, load_run
@@ -151,6 +154,10 @@ def _run_ablation(
             if row.name in state["rows"]:
                 state["rows"][row.name]["key"] = row.key
     dev = resolve_device(device)
+    # Every row holds out the teachers' validation videos when their caches record them, so that rows
+    # of one seed train on the same queries and validation never reads a query a teacher saw.
+    # (Rows without teachers run even when the caches are not there yet.)
+    holdout = teachers_holdout_seed(teachers) if all(Path(t).is_file() for t in teachers) else None
     elsewhere = []
     for row in all_rows:
         if rows and row.group not in rows:
@@ -164,8 +171,9 @@ def _run_ablation(
                 if str(seed) in read_state(out)["rows"].get(row.name, {}).get("seeds", {}):
                     continue
                 extra = {**emtm_options, **row.options, "n_teachers": len(row.teachers)}
-                if row.key == "fixed-best":  # fitted on this seed's validation queries
-                    weights = fit_global_weights(validation_dists(data, row.teachers, seed))
+                val_seed = seed if holdout is None else holdout
+                if row.key == "fixed-best":  # fitted on the validation queries
+                    weights = fit_global_weights(validation_dists(data, row.teachers, val_seed))
                     extra["fixed_weights"] = [[round(float(v), 4) for v in pair] for pair in weights]
                 cfg = TrainConfig(
                     data=str(Path(data).resolve()),
@@ -173,7 +181,13 @@ def _run_ablation(
                     model_options=extra if row.model == "emtm" else dict(row.options),
                     teachers=row.teachers,
                     optim={"epochs": epochs, "lr": lr},
-                    run={"seed": seed, "device": device, "progress": progress, "threads": threads},
+                    run={
+                        "seed": seed,
+                        "val_seed": holdout,
+                        "device": device,
+                        "progress": progress,
+                        "threads": threads,
+                    },  # fmt: skip
                 )
                 same = next((r for r in reuse if same_training(cfg, Path(r))), None)
                 if same is not None:

@@ -74,7 +74,7 @@ class TeacherView:
         self.run, self.split = run, split
         self.device = next(run.model.parameters()).device  # the run's; batches are moved there
         self.data_yaml = data_yaml or run.cfg.data
-        self.base = split_dataset(self.data_yaml, split, run.vocab, run.cfg.run.seed)
+        self.base = split_dataset(self.data_yaml, split, run.vocab, run.cfg.holdout_seed)
         self.caches = [TeacherCache(path) for path in teachers]
         for cache in self.caches:
             if cache.meta.split != split and not (split == "val" and cache.meta.split == "train"):

@@ -29,7 +29,7 @@ Windows are clipped to the video; a start after its end is an error.
 from emtm.distill.cache.files import UNITS
 from emtm.distill.cache.imports import import_outputs
 from emtm.distill.cache.layout import CACHE_VERSION, IMPORT_FORMATS, CacheMeta
-from emtm.distill.cache.read import TeacherCache, check_compatible
+from emtm.distill.cache.read import TeacherCache, check_compatible, teachers_holdout_seed
 from emtm.distill.cache.write import write_cache
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "UNITS",
     "CacheMeta",
     "TeacherCache",
+    "teachers_holdout_seed",
     "check_compatible",
     "import_outputs",
     "write_cache",

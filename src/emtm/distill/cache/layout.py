@@ -58,6 +58,9 @@ class CacheMeta:
     # The fitted calibration (emtm.distill.calibrate.Calibration as a dict: parameter, value, held-out
     # loss at it and at the default, queries, split), or None when the options were given or defaulted.
     calibration: dict[str, Any] | None = None
+    # The seed of the validation videos the teacher's run held out of train (None: imported outputs, or
+    # a cache written before this was recorded); students distilled from it hold out the same videos.
+    holdout_seed: int | None = None
 
 
 def sample_key(sample_id: str) -> str:

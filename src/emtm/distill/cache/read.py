@@ -151,3 +151,12 @@ def _rebuild_hint(meta: CacheMeta, data_yaml: PathLike, split: str, path: Path) 
         f"rebuild it with `emtm teachers export --run {meta.source} --data {data_yaml} --split {split} "
         f"--out {path}`"
     )
+
+
+def teachers_holdout_seed(paths: list[PathLike]) -> int | None:
+    """The validation hold-out seed the teachers' runs share (`CacheMeta.holdout_seed`), or None when
+    they differ or one does not record it (imported outputs, older caches): then no hold-out is free of
+    every teacher. Out-of-fold caches, whose every entry is held out of its teacher, add no constraint."""
+    metas = [TeacherCache(p).meta for p in paths]
+    seeds = {m.holdout_seed for m in metas if not m.folds}
+    return seeds.pop() if len(seeds) == 1 else None

@@ -1,0 +1,52 @@
+"""A distilled student holds out its teachers' validation videos: no validation query was seen by a teacher."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+
+from emtm.config import TrainConfig, load_data_config
+from emtm.data.dataset import prepare
+from emtm.distill.cache import TeacherCache, teachers_holdout_seed
+from emtm.engine.train import with_teachers_holdout
+
+
+def val_ids(data: Path, seed: int) -> set[str]:
+    return {s.sample_id for s in prepare(load_data_config(data), seed, ("train", "val")).splits["val"].samples}
+
+
+def with_meta(src: Path, dst: Path, **changes: object) -> str:
+    """A copy of the cache `src` with its metadata fields changed."""
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        f.attrs["meta"] = json.dumps({**json.loads(f.attrs["meta"]), **changes})
+    return str(dst)
+
+
+def test_export_records_the_teachers_holdout(cache_path: Path, tiny_data: Path) -> None:
+    assert TeacherCache(cache_path).meta.holdout_seed == 0  # the teacher run's seed
+    assert val_ids(tiny_data, 0) != val_ids(tiny_data, 3)  # seeds do hold out different videos here
+
+
+def test_a_distilled_student_takes_its_teachers_holdout(cache_path: Path, tiny_data: Path) -> None:
+    cfg = TrainConfig(data=str(tiny_data), model="emtm", teachers=[str(cache_path)], run={"seed": 3})
+    assert cfg.holdout_seed == 3
+    resolved = with_teachers_holdout(cfg)
+    assert resolved.run.val_seed == 0 and resolved.holdout_seed == 0 and resolved.run.seed == 3
+    given = cfg.model_copy(update={"run": cfg.run.model_copy(update={"val_seed": 5})})
+    assert with_teachers_holdout(given).holdout_seed == 5  # an explicit val_seed wins
+    alone = TrainConfig(data=str(tiny_data), run={"seed": 3})
+    assert with_teachers_holdout(alone).holdout_seed == 3  # no teachers, no constraint
+
+
+def test_teachers_that_disagree_share_no_holdout(cache_path: Path, tmp_path: Path) -> None:
+    other = with_meta(cache_path, tmp_path / "other.h5", holdout_seed=1)
+    unknown = with_meta(cache_path, tmp_path / "unknown.h5", holdout_seed=None)
+    out_of_fold = with_meta(cache_path, tmp_path / "oof.h5", holdout_seed=None, folds=5)
+    assert teachers_holdout_seed([cache_path, cache_path]) == 0
+    assert teachers_holdout_seed([cache_path, other]) is None
+    assert teachers_holdout_seed([cache_path, unknown]) is None
+    assert teachers_holdout_seed([cache_path, out_of_fold]) == 0  # every out-of-fold entry is held out
