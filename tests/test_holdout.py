@@ -1,4 +1,4 @@
-"""A distilled student holds out its teachers' validation videos: no validation query was seen by a teacher."""
+"""A distilled student holds out its teachers' validation videos: no teacher saw a validation query."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from emtm.engine.train import with_teachers_holdout
 
 
 def val_ids(data: Path, seed: int) -> set[str]:
-    return {s.sample_id for s in prepare(load_data_config(data), seed, ("train", "val")).splits["val"].samples}
+    splits = prepare(load_data_config(data), seed, ("train", "val")).splits
+    return {s.sample_id for s in splits["val"].samples}
 
 
 def with_meta(src: Path, dst: Path, **changes: object) -> str:
