@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import h5py
+import pytest
 
 from emtm.config import TrainConfig, load_data_config
 from emtm.data.dataset import prepare
@@ -51,3 +52,30 @@ def test_teachers_that_disagree_share_no_holdout(cache_path: Path, tmp_path: Pat
     assert teachers_holdout_seed([cache_path, other]) is None
     assert teachers_holdout_seed([cache_path, unknown]) is None
     assert teachers_holdout_seed([cache_path, out_of_fold]) == 0  # every out-of-fold entry is held out
+
+
+def test_ablation_spreads_its_seeds_over_teacher_sets(
+    cache_path: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    """Seed s is distilled from set s mod n, and every row of that seed holds out that set's videos."""
+    from emtm.errors import EmtmError
+    from emtm.experiments.ablate import run_ablation
+
+    (tmp_path / "s1").mkdir()
+    second = with_meta(cache_path, tmp_path / "s1" / cache_path.name, holdout_seed=1)
+    sets = [[str(cache_path)], [second]]
+    out = tmp_path / "ablation"
+    state, _ = run_ablation(
+        tiny_data, sets, out, seeds=2, epochs=1, device="cpu", rows={1, 2}, progress=False,
+        emtm_options={"d": 32, "n_heads": 4},
+    )  # fmt: skip
+    single = next(name for name in state["rows"] if name != "student alone")
+    assert state["rows"][single]["teacher_set"] == {"0": 1, "1": 2}
+    for seed, (teacher, holdout) in enumerate([(str(cache_path.resolve()), 0), (second, 1)]):
+        distilled = json.loads((out / "student---cache" / f"seed{seed}" / "config.json").read_text())
+        alone = json.loads((out / "student-alone" / f"seed{seed}" / "config.json").read_text())
+        assert distilled["train"]["teachers"] == [str(Path(teacher).resolve())]
+        assert distilled["train"]["run"]["val_seed"] == alone["train"]["run"]["val_seed"] == holdout
+    misnamed = with_meta(cache_path, tmp_path / "other.h5")
+    with pytest.raises(EmtmError, match=r"set 2 names the teachers \['other'\], set 1 \['cache'\]"):
+        run_ablation(tiny_data, [[str(cache_path)], [misnamed]], tmp_path / "x", seeds=1, rows={1})

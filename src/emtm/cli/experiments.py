@@ -22,7 +22,15 @@ def add_ablate(sub: Any) -> None:
         "processes to train rows in parallel)",
     )
     p.add_argument("--data", required=True, help="data.yaml")
-    p.add_argument("--teachers", nargs="+", required=True, help="teacher caches (.h5)")
+    p.add_argument(
+        "--teachers",
+        nargs="+",
+        action="append",
+        required=True,
+        help="teacher caches (.h5); repeat --teachers for the same teachers trained with other seeds "
+        "(same file names, e.g. s0/seqpan.h5 s0/proposals.h5 --teachers s1/seqpan.h5 s1/proposals.h5): "
+        "seed s is distilled from set s mod n",
+    )
     p.add_argument("--out", default="runs/ablation", help="folder for runs, ablation.json and ablation.md")
     p.add_argument(
         "--seeds",
@@ -39,8 +47,10 @@ def add_ablate(sub: Any) -> None:
     p.add_argument(
         "--calibrated",
         nargs="+",
+        action="append",
         default=[],
-        help="the same teachers' caches exported with calibration, for row 10 (calibrated mean)",
+        help="the same teachers' caches exported with calibration, for row 10 (calibrated mean); one "
+        "--calibrated per --teachers set",
     )
     p.add_argument("--epochs", type=positive_int, default=20, help="epochs per run")
     p.add_argument("--lr", type=positive_float, default=1e-3)

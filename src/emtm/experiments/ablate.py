@@ -8,6 +8,8 @@ Controls: 8 KD toward the Gaussian-smoothed ground truth (no teacher: how much i
 teachers (given as `calibrated` caches, `emtm teachers export` with calibration). When the teachers'
 caches record the validation videos their runs held out (`CacheMeta.holdout_seed`), every row and seed
 holds out those videos: seeds then differ in initialisation and order, not in their training queries.
+Several sets of the same teachers, trained with different seeds, spread the seeds over them (seed s
+from set s mod n), so that a row's spread includes its teachers' own.
 Resumable: every finished (row, seed) is stored in ablation.json and never recomputed, and a run
 stopped part-way continues from its last checkpoint. Parallel: any number of `emtm ablate` processes
 may share one --out folder; each (row, seed) is trained by whichever process locks it first (an OS
@@ -17,6 +19,7 @@ file lock, released if that process dies), and every result is merged into ablat
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -92,7 +95,7 @@ def ablation_rows(
 
 def run_ablation(
     data: Path,
-    teachers: list[str],
+    teachers: Sequence[str] | Sequence[Sequence[str]],
     out: Path,
     seeds: int = 3,
     epochs: int = 20,
@@ -103,9 +106,13 @@ def run_ablation(
     threads: int | None = None,
     reuse: Sequence[Path] = (),
     progress: bool = True,
-    calibrated: Sequence[str] = (),
+    calibrated: Sequence[str] | Sequence[Sequence[str]] = (),
 ) -> tuple[dict[str, Any], list[str]]:
     """Train and evaluate every ablation row (or only the row numbers in `rows`) over `seeds` seeds.
+
+    `teachers` is one list of caches, or several sets of the same teachers (trained with different
+    seeds, the same file names in each): seed s is distilled from set s mod n, so that the spread over
+    seeds includes the teachers' own. `calibrated` pairs with them the same way.
 
     `emtm_options` (e.g. {"kd_weight": 3.2}) apply to every distilled row, under the row's own options.
     Training and evaluation run at `threads` intra-op threads (None: as they are). A (row, seed) whose
@@ -117,14 +124,30 @@ def run_ablation(
         raise EmtmError(f"threads must be at least 1, got {threads}")
     with num_threads(threads):
         return _run_ablation(
-            data, teachers, out, seeds, epochs, lr, device, rows, emtm_options, threads, reuse, progress,
-            list(calibrated),
+            data, teacher_sets(teachers, "--teachers") or [[]], out, seeds, epochs, lr, device, rows,
+            emtm_options, threads, reuse, progress, teacher_sets(calibrated, "--calibrated"),
         )  # fmt: skip
+
+
+def teacher_sets(teachers: Sequence[str] | Sequence[Sequence[str]], flag: str) -> list[list[str]]:
+    """One or several sets of teacher caches, as resolved paths; every set names the same teachers."""
+    if not teachers:
+        return []
+    flat = isinstance(teachers[0], str | os.PathLike)
+    sets = [[str(Path(t).resolve()) for t in one] for one in ([teachers] if flat else teachers)]
+    names = [[Path(t).stem for t in one] for one in sets]
+    for i, other in enumerate(names[1:], start=2):
+        if other != names[0]:
+            raise EmtmError(
+                f"{flag} set {i} names the teachers {other}, set 1 {names[0]}: each set holds the same "
+                "teachers (trained with another seed), with the same file names, in the same order"
+            )
+    return sets
 
 
 def _run_ablation(
     data: Path,
-    teachers: list[str],
+    sets: list[list[str]],
     out: Path,
     seeds: int,
     epochs: int,
@@ -135,9 +158,14 @@ def _run_ablation(
     threads: int | None,
     reuse: Sequence[Path],
     progress: bool,
-    calibrated: list[str],
+    calibrated: list[list[str]],
 ) -> tuple[dict[str, Any], list[str]]:
     out.mkdir(parents=True, exist_ok=True)
+    if calibrated and len(calibrated) != len(sets):
+        raise EmtmError(
+            f"--calibrated gives {len(calibrated)} set(s) of caches and --teachers {len(sets)}: one "
+            "calibrated set per teacher set"
+        )
     emtm_options = dict(emtm_options or {})
     validate(EMTMConfig, emtm_options, "--emtm-option")  # a bad option fails before any training
     with locked_state(out) as state:
@@ -148,8 +176,12 @@ def _run_ablation(
                 "options to resume"
             )
         state["emtm_options"] = emtm_options
-        resolved = [str(Path(t).resolve()) for t in teachers]
-        all_rows = list(ablation_rows(resolved, calibrated=[str(Path(t).resolve()) for t in calibrated]))
+        # Rows of set i, for the seeds i, i + n, ...: the same names and keys in every set.
+        rows_of = [
+            list(ablation_rows(t, calibrated=calibrated[i] if calibrated else None))
+            for i, t in enumerate(sets)
+        ]
+        all_rows = rows_of[0]
         for row in all_rows:  # states written before rows had stable keys get them
             if row.name in state["rows"]:
                 state["rows"][row.name]["key"] = row.key
@@ -157,12 +189,14 @@ def _run_ablation(
     # Every row holds out the teachers' validation videos when their caches record them, so that rows
     # of one seed train on the same queries and validation never reads a query a teacher saw.
     # (Rows without teachers run even when the caches are not there yet.)
-    holdout = teachers_holdout_seed(teachers) if all(Path(t).is_file() for t in teachers) else None
+    holdouts = [teachers_holdout_seed(t) if all(Path(c).is_file() for c in t) else None for t in sets]
     elsewhere = []
-    for row in all_rows:
-        if rows and row.group not in rows:
+    for index, first in enumerate(all_rows):
+        if rows and first.group not in rows:
             continue
         for seed in range(seeds):
+            which = seed % len(sets)
+            row, holdout = rows_of[which][index], holdouts[which]
             run_dir = out / slug(row.name) / f"seed{seed}"
             with claim(run_dir) as mine:
                 if not mine:
@@ -204,6 +238,8 @@ def _run_ablation(
                     results = state["rows"].setdefault(row.name, {"seeds": {}})
                     results["key"] = row.key
                     results["seeds"][str(seed)] = metrics
+                    if len(sets) > 1:
+                        results.setdefault("teacher_set", {})[str(seed)] = which + 1
                     if same is not None:
                         results.setdefault("runs", {})[str(seed)] = str(Path(same).resolve())
                     results["params"] = count_student_params(run)  # inference runs the student path only
