@@ -205,10 +205,6 @@ def _run_ablation(
                 if str(seed) in read_state(out)["rows"].get(row.name, {}).get("seeds", {}):
                     continue
                 extra = {**emtm_options, **row.options, "n_teachers": len(row.teachers)}
-                val_seed = seed if holdout is None else holdout
-                if row.key == "fixed-best":  # fitted on the validation queries
-                    weights = fit_global_weights(validation_dists(data, row.teachers, val_seed))
-                    extra["fixed_weights"] = [[round(float(v), 4) for v in pair] for pair in weights]
                 cfg = TrainConfig(
                     data=str(Path(data).resolve()),
                     model=row.model,
@@ -221,8 +217,12 @@ def _run_ablation(
                         "device": device,
                         "progress": progress,
                         "threads": threads,
-                    },  # fmt: skip
+                    },
                 )
+                if row.key == "fixed-best":  # fitted on the run's validation queries
+                    weights = fit_global_weights(validation_dists(data, row.teachers, cfg.holdout_seed))
+                    fixed = [[round(float(v), 4) for v in pair] for pair in weights]
+                    cfg = cfg.model_copy(update={"model_options": {**extra, "fixed_weights": fixed}})
                 same = next((r for r in reuse if same_training(cfg, Path(r))), None)
                 if same is not None:
                     print(f"  {row.name}, seed {seed}: the finished run {same} has this config, evaluated")
