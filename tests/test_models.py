@@ -30,6 +30,30 @@ def test_outputs_do_not_depend_on_padding(name: str) -> None:
     model = build_model(name.split("+")[0], model_config(name.split("+")[0]), SPEC).eval()
     if name.endswith("attn=matmul"):
         use_matmul_attention(model)
+    check_padding_invariance(model)
+
+
+# each of the student's measured design alternatives (docs/RESULTS.md, "Does the student generalise?")
+STUDENT_VARIANTS = [
+    {"positions": "relative"},
+    {"positions": "none"},
+    {"conditioning": "pooled"},
+    {"conv_kernel": 15},
+    {"char_dim": 0},
+    {"word_dropout": 0.0},
+]
+
+
+@pytest.mark.parametrize(
+    "options", STUDENT_VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items())
+)
+@pytest.mark.parametrize("name", ["student", "emtm"])
+def test_student_variants_do_not_depend_on_padding(name: str, options: dict) -> None:
+    torch.manual_seed(0)
+    check_padding_invariance(build_model(name, model_config(name, options), SPEC).eval())
+
+
+def check_padding_invariance(model: torch.nn.Module) -> None:
     short = make_item(7, 3, seed=1)
     batch_items = [short, make_item(25, 9, seed=2), make_item(16, 5, seed=3)]
     with torch.no_grad():
@@ -71,9 +95,10 @@ def test_student_never_predicts_into_padding() -> None:
     assert (pred.windows[..., 0] < pred.windows[..., 1]).all()
 
 
-def test_student_gradients_reach_every_trainable_parameter() -> None:
+@pytest.mark.parametrize("options", [{}, *STUDENT_VARIANTS[:3]])
+def test_student_gradients_reach_every_trainable_parameter(options: dict) -> None:
     torch.manual_seed(0)
-    model = build_model("student", model_config("student", {"d": 32, "n_heads": 4}), SPEC)
+    model = build_model("student", model_config("student", {"d": 32, "n_heads": 4, **options}), SPEC)
     batch = collate([make_item(10, 4, seed=6), make_item(14, 6, seed=7)])
     loss, parts = model.loss(model(batch), batch)
     loss.backward()
@@ -90,6 +115,42 @@ def test_student_gradients_reach_every_trainable_parameter() -> None:
     assert not any(n.split(".")[-1] == "vectors" for n, _ in model.named_parameters()), (
         "word vectors are frozen"
     )
+
+
+def test_relative_positions_span_the_table_whatever_the_length() -> None:
+    from emtm.models.layers import PositionalEmbedding
+
+    pos = PositionalEmbedding(4, 9, "relative")
+    mask = torch.arange(6) < torch.tensor([6, 3])[:, None]
+    out = pos(torch.zeros(2, 6, 4), mask)
+    table = pos.table.weight.detach()
+    # the first and the last valid position read the first and the last row, for either length
+    for row, last in ((0, 5), (1, 2)):
+        torch.testing.assert_close(out[row, 0], table[0])
+        torch.testing.assert_close(out[row, last], table[8])
+    torch.testing.assert_close(out[0, 1], table[2])  # round(1 * 8 / 5) = 2
+    absolute = PositionalEmbedding(4, 9)
+    assert not torch.equal(absolute(torch.zeros(2, 6, 4), mask)[1, 2], absolute.table.weight[8])
+    x = torch.randn(2, 6, 4)
+    assert torch.equal(PositionalEmbedding(4, 9, "none")(x, mask), x)
+
+
+def test_student_options_change_what_they_name() -> None:
+    plain = build_model("student", model_config("student"), SPEC)
+    words_only = build_model("student", model_config("student", {"char_dim": 0}), SPEC)
+    assert words_only.encoder.chars is None and plain.encoder.chars is not None
+    wide = build_model("student", model_config("student", {"conv_kernel": 15}), SPEC)
+    assert wide.encoder.conv.convs[0].depthwise.kernel_size == (15,)
+    pooled = build_model("student", model_config("student", {"conditioning": "pooled"}), SPEC)
+    assert not hasattr(pooled.head, "cq_attention") and hasattr(plain.head, "cq_attention")
+    assert (
+        build_model("student", model_config("student", {"word_dropout": 0.0}), SPEC).encoder.word_dropout.p
+        == 0
+    )
+    with pytest.raises(ConfigError, match="conv_kernel must be odd"):
+        model_config("student", {"conv_kernel": 6})
+    with pytest.raises(ConfigError, match="positions"):
+        model_config("student", {"positions": "sinusoid"})
 
 
 def test_registry_validates_options() -> None:
@@ -147,11 +208,12 @@ def test_char_windows_equal_the_char_convolutions() -> None:
     assert len(cnn.widths) == cnn.out_dim and not any("widths" in k for k in cnn.state_dict())
 
 
-def test_encoding_query_and_video_in_one_pass_equals_encoding_them_apart() -> None:
+@pytest.mark.parametrize("options", [{}, {"positions": "relative"}, {"conv_kernel": 15}, {"char_dim": 0}])
+def test_encoding_query_and_video_in_one_pass_equals_encoding_them_apart(options: dict) -> None:
     """GroundingEncoder.encode_pair (used under torch.compile) gives encode_video and encode_query's
     results, padded videos and queries included: no position sees across the gap."""
     torch.manual_seed(0)
-    model = build_model("student", model_config("student"), SPEC).eval()
+    model = build_model("student", model_config("student", options), SPEC).eval()
     batch = collate(
         [make_item(7, 3, seed=1), make_item(25, 9, seed=2), make_item(SPEC.max_video_len, 5, seed=3)]
     )

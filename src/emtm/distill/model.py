@@ -23,10 +23,10 @@ from emtm.distill.kau import KnowledgeAggregation, ensemble
 from emtm.distill.losses import distribution_ce_per_query, ensemble_hard_loss, kd_loss
 from emtm.distill.unify import regression_to_dist, span_to_dist
 from emtm.models.base import DataSpec
-from emtm.models.encoder import Encoded, GroundingEncoder
+from emtm.models.encoder import Encoded
 from emtm.models.losses import boundary_loss, matching_loss
 from emtm.models.seqpan import DualAttentionBlock
-from emtm.models.student import SpanHead, SpanModel, StudentConfig
+from emtm.models.student import SpanModel, StudentConfig, student_encoder, student_head
 
 
 class EMTMConfig(StudentConfig):
@@ -80,15 +80,13 @@ class EMTM(SpanModel):
     def __init__(self, config: EMTMConfig, spec: DataSpec):
         super().__init__()
         self.config = config
-        self.encoder = GroundingEncoder(
-            spec, config.d, config.dropout, config.char_dim, video_norm=config.video_norm
-        )
-        self.head = SpanHead(config.d, spec.max_video_len, config.n_heads, config.dropout)
+        self.encoder = student_encoder(config, spec)
+        self.head = student_head(config, spec)
         if config.isomorphic:
             self.dual = nn.ModuleList(
                 DualAttentionBlock(config.d, config.n_heads, config.dropout) for _ in range(config.n_dual)
             )
-            self.iso_head = SpanHead(config.d, spec.max_video_len, config.n_heads, config.dropout)
+            self.iso_head = student_head(config, spec)
         n_kau = config.n_teachers + (1 if config.iso_in_kau and config.isomorphic else 0)
         if n_kau and config.use_kau:
             self.kau = KnowledgeAggregation(

@@ -9,12 +9,11 @@ batch changes none of its outputs.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from emtm.models.base import DataSpec, ModelConfig
-from emtm.models.layers import WordEmbedding, masked_mean
+from emtm.models.layers import WordEmbedding, fusion_features, masked_mean
 from emtm.models.losses import boundary_loss
 from emtm.models.student import SpanModel
 
@@ -54,8 +53,7 @@ class BiGRU(SpanModel):
         q_mask, v_mask = batch["query_mask"], batch["video_mask"]
         query = masked_mean(run_gru(self.query_gru, self.words(batch["words"]), q_mask), q_mask)
         v = self.video_proj(batch["video"])
-        q = query.unsqueeze(1).expand_as(v)
-        fused = self.fuse(torch.cat([v, q, v * q, v - q], -1))
+        fused = self.fuse(fusion_features(v, query))
         start_logits, end_logits = self.out(run_gru(self.video_gru, fused, v_mask)).unbind(-1)
         return {"start_logits": start_logits, "end_logits": end_logits}
 

@@ -43,7 +43,12 @@ class GroundingEncoder(nn.Module):
         char_dim: int = 50,
         n_conv: int = 4,
         video_norm: str = "none",
+        word_dropout: float | None = None,
+        kernel_size: int = 7,
+        positions: str = "absolute",
     ):
+        """`char_dim` 0: words only, no char-CNN. `word_dropout` None: `dropout`. `kernel_size`: the
+        width of each of the `n_conv` depthwise convolutions (each sees +-kernel_size // 2 clips)."""
         super().__init__()
         if video_norm not in VIDEO_NORMS:
             raise ValueError(f"video_norm must be one of {', '.join(VIDEO_NORMS)}, got {video_norm!r}")
@@ -52,16 +57,19 @@ class GroundingEncoder(nn.Module):
             self.register_buffer("video_mean", torch.zeros(spec.video_dim))
             self.register_buffer("video_std", torch.ones(spec.video_dim))
         self.words = WordEmbedding(spec.word_vectors)
-        self.chars = CharCNN(spec.n_chars, char_dim)
-        self.word_dropout = nn.Dropout(dropout)
-        self.query_proj = nn.Sequential(nn.Linear(self.words.dim + self.chars.out_dim, d), nn.LayerNorm(d))
+        self.chars = CharCNN(spec.n_chars, char_dim) if char_dim else None
+        self.word_dropout = nn.Dropout(dropout if word_dropout is None else word_dropout)
+        query_dim = self.words.dim + (self.chars.out_dim if self.chars else 0)
+        self.query_proj = nn.Sequential(nn.Linear(query_dim, d), nn.LayerNorm(d))
         self.video_proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(spec.video_dim, d), nn.LayerNorm(d))
         max_len = max(spec.max_video_len, spec.max_query_len)
-        self.pos = PositionalEmbedding(d, max_len)
-        self.conv = ConvBlock(d, n_conv, 7, dropout)
+        self.pos = PositionalEmbedding(d, max_len, positions)
+        self.conv = ConvBlock(d, n_conv, kernel_size, dropout)
 
     def embed_query(self, words: Tensor, chars: Tensor) -> Tensor:
-        x = torch.cat([self.word_dropout(self.words(words)), self.chars(chars)], -1)
+        x = self.word_dropout(self.words(words))
+        if self.chars is not None:
+            x = torch.cat([x, self.chars(chars)], -1)
         return self.query_proj(x)
 
     def encode_query(self, words: Tensor, chars: Tensor, query_mask: Tensor) -> Tensor:
@@ -89,7 +97,7 @@ class GroundingEncoder(nn.Module):
         return self.shared(self.video_proj(self.normalize_video(video)), video_mask)
 
     def shared(self, x: Tensor, mask: Tensor) -> Tensor:
-        return self.conv(zero_padding_(self.pos(x), mask), mask)
+        return self.conv(zero_padding_(self.pos(x, mask), mask), mask)
 
     def encode_pair(
         self, video: Tensor, video_mask: Tensor, words: Tensor, chars: Tensor, query_mask: Tensor
@@ -99,8 +107,8 @@ class GroundingEncoder(nn.Module):
         [query | gap | video], the gap as wide as the convolution reaches (masked, so zero before
         every convolution: no position sees the other side). The same maths, half the kernel launches
         of the shared encoder (at batch 1 the student's latency is the number of its kernels)."""
-        query = zero_padding_(self.pos(self.embed_query(words, chars)), query_mask)
-        clips = zero_padding_(self.pos(self.video_proj(self.normalize_video(video))), video_mask)
+        query = zero_padding_(self.pos(self.embed_query(words, chars), query_mask), query_mask)
+        clips = zero_padding_(self.pos(self.video_proj(self.normalize_video(video)), video_mask), video_mask)
         batch, n_words, d = query.shape
         gap = self.conv.convs[0].depthwise.kernel_size[0] // 2
         x = torch.cat([query, query.new_zeros(batch, gap, d), clips], 1)

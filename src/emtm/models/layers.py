@@ -54,17 +54,35 @@ def masked_max(x: Tensor, mask: Tensor) -> Tensor:
     return x.masked_fill(~mask.unsqueeze(-1), NEG_INF).amax(1)
 
 
+POSITIONS = ("absolute", "relative", "none")
+
+
 class PositionalEmbedding(nn.Module):
-    """Learned absolute positions, added to the input."""
+    """Learned positions, added to the input.
 
-    def __init__(self, d: int, max_len: int):
+    "absolute" (the default): row t of the table for position t. "relative": position t of a sequence
+    of n valid positions reads row round(t * (max_len - 1) / (n - 1)), so a clip's embedding says where
+    in its own video it lies (start, middle, end), whatever the video's length. "none": nothing added.
+    """
+
+    def __init__(self, d: int, max_len: int, mode: str = "absolute"):
         super().__init__()
-        self.table = nn.Embedding(max_len, d)
-        nn.init.normal_(self.table.weight, std=0.02)  # small next to LayerNorm-ed features
+        if mode not in POSITIONS:
+            raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {mode!r}")
+        self.mode, self.max_len = mode, max_len
+        if mode != "none":
+            self.table = nn.Embedding(max_len, d)
+            nn.init.normal_(self.table.weight, std=0.02)  # small next to LayerNorm-ed features
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if self.mode == "none":
+            return x
         positions = torch.arange(x.shape[1], device=x.device)
-        return x + self.table(positions).unsqueeze(0)
+        if self.mode == "absolute" or mask is None:
+            return x + self.table(positions).unsqueeze(0)
+        last = (mask.sum(1, keepdim=True) - 1).clamp_min(1)  # (B, 1)
+        rows = torch.round(positions * (self.max_len - 1) / last).long().clamp_max(self.max_len - 1)
+        return x + self.table(rows)
 
 
 class DepthwiseSeparableConv(nn.Module):
@@ -167,14 +185,22 @@ class SelfAttentionBlock(nn.Module):
 class FeatureEncoder(nn.Module):
     """Positions -> conv block -> self-attention: SeqPAN's feature encoder."""
 
-    def __init__(self, d: int, max_len: int, n_heads: int = 8, dropout: float = 0.1, n_conv: int = 4):
+    def __init__(
+        self,
+        d: int,
+        max_len: int,
+        n_heads: int = 8,
+        dropout: float = 0.1,
+        n_conv: int = 4,
+        positions: str = "absolute",
+    ):
         super().__init__()
-        self.pos = PositionalEmbedding(d, max_len)
+        self.pos = PositionalEmbedding(d, max_len, positions)
         self.conv = ConvBlock(d, n_conv, 7, dropout)
         self.attn = SelfAttentionBlock(d, n_heads, dropout)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        x = self.conv(zero_padding_(self.pos(x), mask), mask)
+        x = self.conv(zero_padding_(self.pos(x, mask), mask), mask)
         return self.attn(x, mask)
 
 
@@ -280,6 +306,25 @@ class WeightedPool(nn.Module):
         return (weights.unsqueeze(-1) * x).sum(1)
 
 
+def fusion_features(video: Tensor, query: Tensor) -> Tensor:
+    """[v, q, v*q, v-q] of (B, L, d) clips and a (B, d) pooled query tiled over them -> (B, L, 4d)."""
+    q = query.unsqueeze(1).expand_as(video)
+    return torch.cat([video, q, video * q, video - q], -1)
+
+
+class PooledFusion(nn.Module):
+    """The pooled query fused into every clip, [v, q, v*q, v-q] -> Linear -> ReLU: the fusion of the
+    recurrent bar (`bigru`), where every clip carries the sentence into every later layer."""
+
+    def __init__(self, d: int, dropout: float = 0.1):
+        super().__init__()
+        self.pool = WeightedPool(d)
+        self.out = nn.Sequential(nn.Linear(4 * d, d), nn.ReLU(), nn.Dropout(dropout))
+
+    def forward(self, video: Tensor, query: Tensor, v_mask: Tensor, q_mask: Tensor) -> Tensor:
+        return zero_padding_(self.out(fusion_features(video, self.pool(query, q_mask))), v_mask)
+
+
 class QueryConcat(nn.Module):
     """Pool the query, tile it over time, concatenate to the video and project to d (SeqPAN cq_concat)."""
 
@@ -311,9 +356,11 @@ class SequenceMatching(nn.Module):
 class ConditionedPredictor(nn.Module):
     """SeqPAN's predictor: start features = Enc(x), end features = Enc(start features); shared weights."""
 
-    def __init__(self, d: int, max_len: int, n_heads: int = 8, dropout: float = 0.1):
+    def __init__(
+        self, d: int, max_len: int, n_heads: int = 8, dropout: float = 0.1, positions: str = "absolute"
+    ):
         super().__init__()
-        self.encoder = FeatureEncoder(d, max_len, n_heads, dropout)
+        self.encoder = FeatureEncoder(d, max_len, n_heads, dropout, positions=positions)
         self.start_norm = nn.LayerNorm(d)
         self.end_norm = nn.LayerNorm(d)
         self.start_head = nn.Sequential(nn.Linear(2 * d, d), nn.ReLU(), nn.Linear(d, 1))

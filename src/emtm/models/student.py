@@ -7,12 +7,19 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from emtm.models.base import DataSpec, GroundingModel, ModelConfig, Predictions, spans_to_fractions
 from emtm.models.decode import decode_spans
 from emtm.models.encoder import GroundingEncoder
-from emtm.models.layers import ConditionedPredictor, ContextQueryAttention, QueryConcat, SequenceMatching
+from emtm.models.layers import (
+    ConditionedPredictor,
+    ContextQueryAttention,
+    PooledFusion,
+    QueryConcat,
+    SequenceMatching,
+)
 from emtm.models.losses import boundary_loss, matching_loss
 
 
@@ -25,25 +32,75 @@ class StudentConfig(ModelConfig):
     match_weight: float = 1.0
     # "standardize": per-dim input standardisation with training-set statistics (GroundingEncoder)
     video_norm: Literal["none", "standardize"] = "none"
+    # The design choices below keep the paper's student at their defaults; each other value is one
+    # measured alternative (docs/RESULTS.md, "Does the student generalise?").
+    word_dropout: float | None = None  # dropout on the word vectors; None: `dropout`
+    conv_kernel: int = Field(7, ge=1)  # width of the shared encoder's depthwise convs (odd)
+    positions: Literal["absolute", "relative", "none"] = "absolute"  # every positional embedding
+    # "cqa": context-query attention then query concat (SeqPAN); "pooled": the pooled query fused into
+    # every clip, [v, q, v*q, v-q] (the recurrent bar's fusion)
+    conditioning: Literal["cqa", "pooled"] = "cqa"
+
+    @field_validator("conv_kernel")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(f"conv_kernel must be odd (a centred window), got {value}")
+        return value
+
+
+def student_encoder(config: StudentConfig, spec: DataSpec) -> GroundingEncoder:
+    """The shared encoder a StudentConfig describes (the student's, and EMTM's)."""
+    return GroundingEncoder(
+        spec,
+        config.d,
+        config.dropout,
+        config.char_dim,
+        video_norm=config.video_norm,
+        word_dropout=config.word_dropout,
+        kernel_size=config.conv_kernel,
+        positions=config.positions,
+    )
+
+
+def student_head(config: StudentConfig, spec: DataSpec) -> SpanHead:
+    return SpanHead(
+        config.d, spec.max_video_len, config.n_heads, config.dropout, config.positions, config.conditioning
+    )
 
 
 class SpanHead(nn.Module):
     """Fusion and prediction on top of the encoder: CQA, query concat, matching, conditioned predictor."""
 
-    def __init__(self, d: int, max_len: int, n_heads: int, dropout: float):
+    def __init__(
+        self,
+        d: int,
+        max_len: int,
+        n_heads: int,
+        dropout: float,
+        positions: str = "absolute",
+        conditioning: str = "cqa",
+    ):
         super().__init__()
-        self.cq_attention = ContextQueryAttention(d, dropout)
-        self.cq_concat = QueryConcat(d)
+        self.conditioning = conditioning
+        if conditioning == "pooled":
+            self.fusion = PooledFusion(d, dropout)
+        else:
+            self.cq_attention = ContextQueryAttention(d, dropout)
+            self.cq_concat = QueryConcat(d)
         self.matching = SequenceMatching(d)
-        self.predictor = ConditionedPredictor(d, max_len, n_heads, dropout)
+        self.predictor = ConditionedPredictor(d, max_len, n_heads, dropout, positions)
 
     def forward(
         self, video: Tensor, query: Tensor, v_mask: Tensor, q_mask: Tensor, states: bool = False
     ) -> dict[str, Tensor]:
         """Start/end and matching logits; with `states`, also the fused clip states the predictor
         reads (`fused`, (B, L, d)): the head's last hidden states, for a hidden-state alignment."""
-        fused = self.cq_attention(video, query, v_mask, q_mask)
-        fused = self.cq_concat(fused, query, v_mask, q_mask)
+        if self.conditioning == "pooled":
+            fused = self.fusion(video, query, v_mask, q_mask)
+        else:
+            fused = self.cq_attention(video, query, v_mask, q_mask)
+            fused = self.cq_concat(fused, query, v_mask, q_mask)
         fused, match_logits = self.matching(fused, v_mask)
         start_logits, end_logits = self.predictor(fused, v_mask)
         out = {"start_logits": start_logits, "end_logits": end_logits, "match_logits": match_logits}
@@ -88,10 +145,8 @@ class Student(SpanModel):
     def __init__(self, config: StudentConfig, spec: DataSpec):
         super().__init__()
         self.config = config
-        self.encoder = GroundingEncoder(
-            spec, config.d, config.dropout, config.char_dim, video_norm=config.video_norm
-        )
-        self.head = SpanHead(config.d, spec.max_video_len, config.n_heads, config.dropout)
+        self.encoder = student_encoder(config, spec)
+        self.head = student_head(config, spec)
 
     @property
     def match_embeddings(self) -> Tensor:
