@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from emtm.config import TrainConfig, apply_overrides
 from emtm.io import write_json, write_markdown_table
 from emtm.stats import ci_text, mean_ci, paired_difference, verdict
 
@@ -41,8 +42,36 @@ def parse_model(spec: str) -> tuple[str, str, list[str]]:
     return label, model, [s for s in sets.split(",") if s]
 
 
+def settings_mismatch(run: Path, model: str, sets: list[str], seed: int, epochs: int) -> str | None:
+    """Why a kept run was not trained as this benchmark asks (its model, seed, epochs, the `sets`, and
+    every other optimisation setting at its default), or None. A run copied or linked in from another
+    study, at another learning rate, must not pass for a default-settings run."""
+    train = json.loads((run / "config.json").read_text())["train"]
+    expected = TrainConfig.model_validate(
+        apply_overrides(
+            {"data": "x", "model": model, "optim": {"epochs": epochs}, "run": {"seed": seed}}, sets
+        )
+    )
+    problems = []
+    if train["model"] != model:
+        problems.append(f"model {train['model']!r}, not {model!r}")
+    if train["run"]["seed"] != seed:
+        problems.append(f"seed {train['run']['seed']}, not {seed}")
+    for key, value in expected.optim.model_dump().items():
+        if key in train["optim"] and train["optim"][key] != (
+            list(value) if isinstance(value, tuple) else value
+        ):
+            problems.append(f"optim.{key} {train['optim'][key]!r}, not {value!r}")
+    for key, value in expected.model_options.items():
+        if train["model_options"].get(key) != value:
+            problems.append(f"model_options.{key} {train['model_options'].get(key)!r}, not {value!r}")
+    return "; ".join(problems) or None
+
+
 def run_one(data: str, model: str, sets: list[str], seed: int, epochs: int, threads: int, out: Path) -> dict:
     """Train (or resume, or keep) one run and evaluate it with --sensitivity; the test metrics."""
+    if (out / "config.json").exists() and (why := settings_mismatch(out, model, sets, seed, epochs)):
+        raise SystemExit(f"{out}: kept run trained with other settings ({why}); move it away to retrain")
     test_json = out / "test.json"
     if test_json.exists():
         return json.loads(test_json.read_text())

@@ -108,3 +108,19 @@ def test_paired_difference_pairs_runs_and_says_when_zero_is_excluded() -> None:
     assert not paired_difference([3.5, 2.0, 4.25], [3.6, 2.1, 4.35])["negligible"]
     with pytest.raises(ValueError, match="equal counts"):
         paired_difference([1.0], [1.0, 2.0])
+
+
+def test_generalise_refuses_a_kept_run_trained_with_other_settings(bigru_run: Path, load_benchmark) -> None:
+    """A run linked in from another study (here: lr 2e-3, batch 16, d 32) is not a default-settings run."""
+    generalise = load_benchmark("generalise")
+    why = generalise.settings_mismatch(bigru_run, "bigru", [], seed=0, epochs=2)
+    assert "optim.lr 0.002, not 0.0005" in why and "optim.batch_size 16, not 32" in why
+    assert "model_options.d" not in why  # no option asked for: the model's own are not checked
+    asked = ["optim.lr=2e-3", "optim.batch_size=16", "model_options.d=32"]
+    assert generalise.settings_mismatch(bigru_run, "bigru", asked, seed=0, epochs=2) is None
+    assert "seed 0, not 1" in generalise.settings_mismatch(bigru_run, "bigru", asked, seed=1, epochs=2)
+    assert "model_options.d 32, not 64" in generalise.settings_mismatch(
+        bigru_run, "bigru", ["optim.lr=2e-3", "optim.batch_size=16", "model_options.d=64"], seed=0, epochs=2
+    )
+    with pytest.raises(SystemExit, match="kept run trained with other settings"):
+        generalise.run_one("x", "bigru", [], 0, 2, 1, bigru_run)
