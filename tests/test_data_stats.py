@@ -32,3 +32,14 @@ def test_array_stats_by_hand() -> None:
     assert s["cos_random_pairs_mean"] == pytest.approx((2**-0.5 + 0.0 - 2**-0.5) / 3)
     with pytest.raises(ValueError, match=r"expected a \(T, D\) array"):
         stats.array_stats(np.zeros(3))
+
+
+def test_advice_to_standardise_only_for_clips_that_share_a_large_mean() -> None:
+    rng = np.random.default_rng(0)
+    centred = rng.normal(size=(40, 64)).astype(np.float32)
+    assert stats.input_advice(stats.array_stats(centred)) is None
+    shared = np.abs(rng.normal(size=64))  # a positive mean per dimension, as real I3D features have
+    i3d_like = (shared + 0.3 * np.abs(rng.normal(size=(40, 64)))).astype(np.float32)
+    advice = stats.input_advice(stats.array_stats(i3d_like))
+    assert advice is not None and "model_options.video_norm=standardize" in advice
+    assert stats.input_advice(stats.BUILTIN_I3D_RGB) is not None  # the real reference itself

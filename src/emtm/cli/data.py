@@ -195,7 +195,7 @@ def add_data(sub: Any) -> None:
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
-    from emtm.data.stats import SHOWN, features_stats, load_reference
+    from emtm.data.stats import SHOWN, features_stats, input_advice, load_reference
     from emtm.io import write_json
 
     stats = features_stats(args.features, args.max_videos)
@@ -210,6 +210,9 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
         ["statistic", "these features", f"reference: {label}"],
         [[name, cell(stats, key), cell(reference, key)] for key, name in SHOWN.items()],
     )
+    advice = input_advice(stats)
+    if advice:
+        print(advice)
     if args.json:
         write_json(
             Path(args.json),
@@ -217,6 +220,7 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
                 "features": str(args.features),
                 "stats": stats,
                 "reference": {"name": label, "stats": reference},
+                "advice": advice,
             },
         )
         print(f"wrote {args.json}")
