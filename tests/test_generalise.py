@@ -115,7 +115,7 @@ def test_generalise_refuses_a_kept_run_trained_with_other_settings(bigru_run: Pa
     generalise = load_benchmark("generalise")
     why = generalise.settings_mismatch(bigru_run, "bigru", [], seed=0, epochs=2)
     assert "optim.lr 0.002, not 0.0005" in why and "optim.batch_size 16, not 32" in why
-    assert "model_options.d" not in why  # no option asked for: the model's own are not checked
+    assert "model_options.d 32, not 128" in why  # no option asked for: the model's defaults are
     asked = ["optim.lr=2e-3", "optim.batch_size=16", "model_options.d=32"]
     assert generalise.settings_mismatch(bigru_run, "bigru", asked, seed=0, epochs=2) is None
     assert "seed 0, not 1" in generalise.settings_mismatch(bigru_run, "bigru", asked, seed=1, epochs=2)

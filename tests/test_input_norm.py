@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,7 +22,7 @@ import torch
 from emtm.data import synth
 from emtm.data.features import open_feature_store, write_npy_dir
 from emtm.data.stats import clip_mean_std
-from emtm.engine.checkpoint import load_run
+from emtm.engine.checkpoint import load_run, settle_options
 from emtm.errors import ConfigError
 from emtm.models.base import DataSpec
 from emtm.models.registry import build_model, model_config
@@ -128,6 +129,86 @@ def test_standardize_statistics_travel_with_the_run(tiny_data: Path, tmp_path: P
     assert not np.allclose(mean, clip_mean_std(prepared.store, prepared.store.video_ids(), 64)[0])
     np.testing.assert_allclose(run.model.encoder.video_mean.numpy(), mean, rtol=1e-6)
     np.testing.assert_allclose(run.model.encoder.video_std.numpy(), std, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------ stored runs
+def strip_option(run_dir: Path, key: str) -> None:
+    """Make `run_dir` look like a run the library wrote before it recorded every option."""
+    path = run_dir / "config.json"
+    raw = json.loads(path.read_text())
+    raw["train"]["model_options"].pop(key)
+    path.write_text(json.dumps(raw))
+
+
+@pytest.fixture(scope="module")
+def norm_runs(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("norm-runs")
+    return {
+        norm: train_tiny_student(tiny_data, root / norm, epochs=1, options={"video_norm": norm})
+        for norm in ("none", "standardize")
+    }
+
+
+def test_new_runs_record_every_model_option(norm_runs: dict[str, Path]) -> None:
+    recorded = json.loads((norm_runs["none"] / "config.json").read_text())["train"]["model_options"]
+    assert recorded == model_config("student", {"d": 32, "n_heads": 4, "video_norm": "none"}).model_dump()
+
+
+def test_a_run_that_omits_video_norm_loads_with_the_one_it_was_trained_with(
+    norm_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    for norm, run_dir in norm_runs.items():
+        legacy = tmp_path / norm
+        shutil.copytree(run_dir, legacy)
+        strip_option(legacy, "video_norm")
+        run = load_run(legacy)
+        assert run.cfg.model_options["video_norm"] == norm
+        assert hasattr(run.model.encoder, "video_mean") == (norm == "standardize")
+        for name, tensor in load_run(run_dir).model.state_dict().items():
+            torch.testing.assert_close(run.model.state_dict()[name], tensor, rtol=0, atol=0)
+
+
+def test_settle_options_pins_only_an_absent_video_norm() -> None:
+    with_stats = ["encoder.video_mean", "encoder.video_std", "head.x"]
+    assert settle_options("student", {}, ["head.x"]) == {"video_norm": "none"}
+    assert settle_options("student", {"d": 32}, with_stats) == {"d": 32, "video_norm": "standardize"}
+    assert settle_options("emtm", {}, ["student.encoder.video_mean"]) == {"video_norm": "standardize"}
+    assert settle_options("student", {"video_norm": "none"}, with_stats) == {"video_norm": "none"}
+    assert settle_options("bigru", {"d": 32}, with_stats) == {"d": 32}  # no such option
+
+
+def test_resuming_a_run_that_omits_video_norm_keeps_its_own(
+    norm_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    from emtm.config import TrainConfig
+    from emtm.engine.checkpoint import load_train_state
+    from emtm.engine.train import run_options
+
+    legacy = tmp_path / "run"
+    shutil.copytree(norm_runs["standardize"], legacy)
+    strip_option(legacy, "video_norm")
+    asked = TrainConfig(data="x", model="student", model_options={"d": 32, "n_heads": 4})
+    options = run_options(asked, legacy, load_train_state(legacy))
+    assert options["video_norm"] == "standardize" and options["d"] == 32
+    assert (
+        run_options(asked, tmp_path / "new", None)
+        == model_config("student", asked.model_options).model_dump()
+    )
+
+
+def test_ablate_reuses_a_run_that_omits_video_norm_only_for_the_same_norm(
+    norm_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    from emtm.config import TrainConfig
+    from emtm.experiments.ablate import same_training
+
+    legacy = tmp_path / "run"
+    shutil.copytree(norm_runs["none"], legacy)
+    strip_option(legacy, "video_norm")
+    saved = TrainConfig.model_validate(json.loads((legacy / "config.json").read_text())["train"])
+    for norm, same in (("none", True), ("standardize", False)):
+        asked = saved.model_copy(update={"model_options": {"d": 32, "n_heads": 4, "video_norm": norm}})
+        assert same_training(asked, legacy) is same, norm
 
 
 # ------------------------------------------------------------------------------------------- learning

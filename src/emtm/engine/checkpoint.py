@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from emtm.config import TrainConfig, validate
@@ -80,6 +80,27 @@ def load_weights(model: GroundingModel, path: Path) -> None:
             f"{path}: weights do not match the model in config.json "
             f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
         )
+
+
+def weight_names(path: Path) -> list[str]:
+    """The tensor names in a safetensors file, read from its header; [] when it is missing or unreadable
+    (`load_weights` then says why)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return list(f.keys())
+    except (SafetensorError, OSError, ValueError):
+        return []
+
+
+def settle_options(model: str, options: dict[str, Any], weight_keys: list[str]) -> dict[str, Any]:
+    """A stored run's model_options with each option whose default has changed pinned to the value the
+    run was trained with. `video_norm` was "none" by default, and runs written by the library (pipeline,
+    ablate) recorded only the options they set: such a run used "standardize" exactly when its weights
+    hold the encoder's input statistics (`encoder.video_mean`)."""
+    if "video_norm" in type(model_config(model)).model_fields and "video_norm" not in options:
+        used = "standardize" if any(k.endswith("video_mean") for k in weight_keys) else "none"
+        options = {**options, "video_norm": used}
+    return options
 
 
 def write_run_config(
@@ -143,7 +164,9 @@ def load_run(
             f"{config_path} says {spec.vocab_size} and {spec.n_chars}; this vocabulary is not the run's"
         )
     try:
-        model = build_model(cfg.model, model_config(cfg.model, cfg.model_options), spec.to_spec())
+        options = settle_options(cfg.model, cfg.model_options, weight_names(run_dir / weights))
+        cfg = cfg.model_copy(update={"model_options": options})
+        model = build_model(cfg.model, model_config(cfg.model, options), spec.to_spec())
     except ConfigError as err:  # an unknown model or options its config refuses
         raise ConfigError(f"{config_path}: {err}") from None
     except (RuntimeError, ValueError, AssertionError, ZeroDivisionError) as err:  # options no layer accepts

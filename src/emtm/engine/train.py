@@ -39,6 +39,8 @@ from emtm.engine.checkpoint import (
     save_train_state,
     save_weights,
     set_rng_state,
+    settle_options,
+    weight_names,
     write_run_config,
 )
 from emtm.engine.evaluate import evaluate, to_device
@@ -188,10 +190,28 @@ def plain(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
+def run_options(cfg: TrainConfig, run_dir: Path, state: dict[str, Any] | None) -> dict[str, Any]:
+    """Every model option, resolved, so that config.json records the model in full and a later change
+    of a default cannot change what a run means. A resumed run keeps the options it was started with
+    (its config.json, settled against the weights in its checkpoint), whatever the command line says."""
+    options = cfg.model_options
+    stored = run_dir / "config.json"
+    if state is not None and stored.exists():
+        options = json.loads(stored.read_text(encoding="utf-8"))["train"]["model_options"]
+        keys = list(state["model"]) if "model" in state else weight_names(run_dir / "last.safetensors")
+        options = settle_options(cfg.model, options, keys)
+    resolved = model_config(cfg.model, options).model_dump()
+    if state is not None and resolved != model_config(cfg.model, cfg.model_options).model_dump():
+        log.info("resuming %s with the model options it was started with: %s", run_dir, options)
+    return resolved
+
+
 class Trainer:
     """One training run: the model, its optimizer state and data position, checkpointed as one file."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, ctx: distributed.Dist, resume: bool):
+        state = load_train_state(run_dir) if resume else None
+        cfg = cfg.model_copy(update={"model_options": run_options(cfg, run_dir, state)})
         self.cfg, self.run_dir, self.ctx, self.device = cfg, run_dir, ctx, ctx.device
         self.main = ctx.is_main
         if self.main:
@@ -231,8 +251,8 @@ class Trainer:
         self.pos = Position()
         self.resume_rng: dict[str, Any] | None = None
         self.saved = "none yet"
-        if resume:
-            self.restore(load_train_state(run_dir))
+        if state is not None:
+            self.restore(state)
         self.net = ctx.wrap(model) if self.trainable else model
 
     # ------------------------------------------------------------------------------------- state
