@@ -132,12 +132,13 @@ def test_standardize_statistics_travel_with_the_run(tiny_data: Path, tmp_path: P
 
 
 # ------------------------------------------------------------------------------------ stored runs
-def strip_option(run_dir: Path, key: str) -> None:
-    """Make `run_dir` look like a run the library wrote before it recorded every option."""
-    path = run_dir / "config.json"
-    raw = json.loads(path.read_text())
-    raw["train"]["model_options"].pop(key)
-    path.write_text(json.dumps(raw))
+def legacy_copy(run_dir: Path, dest: Path) -> Path:
+    """A copy of `run_dir` that looks like a run the library wrote before it recorded every option."""
+    shutil.copytree(run_dir, dest)
+    raw = json.loads((dest / "config.json").read_text())
+    raw["train"]["model_options"].pop("video_norm")
+    (dest / "config.json").write_text(json.dumps(raw))
+    return dest
 
 
 @pytest.fixture(scope="module")
@@ -158,9 +159,7 @@ def test_a_run_that_omits_video_norm_loads_with_the_one_it_was_trained_with(
     norm_runs: dict[str, Path], tmp_path: Path
 ) -> None:
     for norm, run_dir in norm_runs.items():
-        legacy = tmp_path / norm
-        shutil.copytree(run_dir, legacy)
-        strip_option(legacy, "video_norm")
+        legacy = legacy_copy(run_dir, tmp_path / norm)
         run = load_run(legacy)
         assert run.cfg.model_options["video_norm"] == norm
         assert hasattr(run.model.encoder, "video_mean") == (norm == "standardize")
@@ -184,9 +183,7 @@ def test_resuming_a_run_that_omits_video_norm_keeps_its_own(
     from emtm.engine.checkpoint import load_train_state
     from emtm.engine.train import run_options
 
-    legacy = tmp_path / "run"
-    shutil.copytree(norm_runs["standardize"], legacy)
-    strip_option(legacy, "video_norm")
+    legacy = legacy_copy(norm_runs["standardize"], tmp_path / "run")
     asked = TrainConfig(data="x", model="student", model_options={"d": 32, "n_heads": 4})
     options = run_options(asked, legacy, load_train_state(legacy))
     assert options["video_norm"] == "standardize" and options["d"] == 32
@@ -202,9 +199,7 @@ def test_ablate_reuses_a_run_that_omits_video_norm_only_for_the_same_norm(
     from emtm.config import TrainConfig
     from emtm.experiments.ablate import same_training
 
-    legacy = tmp_path / "run"
-    shutil.copytree(norm_runs["none"], legacy)
-    strip_option(legacy, "video_norm")
+    legacy = legacy_copy(norm_runs["none"], tmp_path / "run")
     saved = TrainConfig.model_validate(json.loads((legacy / "config.json").read_text())["train"])
     for norm, same in (("none", True), ("standardize", False)):
         asked = saved.model_copy(update={"model_options": {"d": 32, "n_heads": 4, "video_norm": norm}})
