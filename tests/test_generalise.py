@@ -124,3 +124,27 @@ def test_generalise_refuses_a_kept_run_trained_with_other_settings(bigru_run: Pa
     )
     with pytest.raises(SystemExit, match="kept run trained with other settings"):
         generalise.run_one("x", "bigru", [], 0, 2, 1, bigru_run)
+
+
+def test_generalise_table_joins_the_folders_and_keeps_their_paired_differences(
+    load_benchmark, tmp_path: Path
+) -> None:
+    table = load_benchmark("generalise_table")
+    ci = lambda mean: {"mean": mean, "std": 1.0, "ci": 2.0, "n": 3}  # noqa: E731
+    diff = {"mean": -4.0, "std": 0.5, "ci": 1.2, "n": 3, "negligible": False, "excludes_zero": True}
+    for name, bench in (("a", "pixels"), ("b", "hard")):
+        summary = {
+            bench: {
+                "student": {"r1@0.5": ci(50.0)},
+                "bigru": {"r1@0.5": ci(46.0), "vs_first": {"r1@0.5": diff}},
+            }
+        }
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "generalise.json").write_text(json.dumps({"summary": summary}))
+    got = table.collect([tmp_path / "a", tmp_path / "b"], ["student", "bigru"])
+    assert list(got) == ["pixels", "hard"] and got["hard"]["bigru"]["vs_first"] == diff
+    assert got["pixels"]["student"]["vs_first"] is None
+    with pytest.raises(SystemExit, match="has no \\['student-none'\\]"):
+        table.collect([tmp_path / "a"], ["student", "student-none"])
+    with pytest.raises(SystemExit, match="in two of the folders"):
+        table.collect([tmp_path / "a", tmp_path / "a"], ["student"])

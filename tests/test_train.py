@@ -24,10 +24,10 @@ def config(data: Path, model: str = "student", epochs: int = 2, **optim) -> Trai
     )
 
 
-def test_student_learns_and_beats_the_prior(tiny_data: Path, tmp_path: Path) -> None:
+def test_student_learns_and_beats_the_prior(learnable_data: Path, tmp_path: Path) -> None:
     torch.set_num_threads(2)
-    prior = train(config(tiny_data, "prior", epochs=1), tmp_path / "prior")
-    result = train(config(tiny_data, epochs=12), tmp_path / "student")
+    prior = train(config(learnable_data, "prior", epochs=1), tmp_path / "prior")
+    result = train(config(learnable_data, epochs=12), tmp_path / "student")
     losses = [row["train_loss"] for row in result["history"]]
     assert losses[-1] < 0.9 * losses[0], losses
     assert result["best"]["miou"] > prior["best"]["miou"] + 5, (result["best"], prior["best"])
