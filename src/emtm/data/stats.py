@@ -226,8 +226,8 @@ def input_advice(stats: dict[str, Any]) -> str | None:
     return (
         f"clips of one video are alike (mean cosine of random pairs {cos:.2f}; real I3D: about 0.83). "
         "On benchmarks with features like these, standardised inputs raised the student's R1@0.5 "
-        "(+2 to +12 at 3 seeds): try --set model_options.video_norm=standardize with `emtm train` "
-        "and `emtm distill` "
+        "(+2 to +12 at 3 seeds): keep the student's default model_options.video_norm=standardize "
+        "with `emtm train` and `emtm distill`, rather than none "
         '(docs/RESULTS.md, "Does the student generalise?")'
     )
 

@@ -31,8 +31,9 @@ class GroundingEncoder(nn.Module):
     video_norm "standardize": each feature dimension is first standardised with the mean and std of the
     training clips (`fit_inputs`, stored with the weights as video_mean / video_std), so that features
     with a large shared positive mean (real I3D: any two clips at cosine ~0.8) reach the linear layer
-    centred. "none" (the default, every earlier checkpoint): the features as they are; the LayerNorm
-    after the linear layer already makes the encoder invariant to the overall scale of the features.
+    centred (the student's default, StudentConfig). "none" (this class's default, the teachers'): the
+    features as they are; the LayerNorm after the linear layer makes the encoder invariant to their
+    overall scale, not to a shared offset.
     """
 
     def __init__(

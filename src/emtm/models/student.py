@@ -30,8 +30,9 @@ class StudentConfig(ModelConfig):
     char_dim: int = 50
     match_ext: int = 2
     match_weight: float = 1.0
-    # "standardize": per-dim input standardisation with training-set statistics (GroundingEncoder)
-    video_norm: Literal["none", "standardize"] = "none"
+    # "standardize": per-dim input standardisation with training-set statistics (GroundingEncoder); the
+    # default since it was measured on every benchmark (docs/RESULTS.md). "none": the features as they are
+    video_norm: Literal["none", "standardize"] = "standardize"
     # The design choices below keep the paper's student at their defaults; each other value is one
     # measured alternative (docs/RESULTS.md, "Does the student generalise?").
     word_dropout: float | None = None  # dropout on the word vectors; None: `dropout`
