@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from emtm.config import TrainConfig, apply_overrides
-from emtm.engine.checkpoint import settle_options, weight_names
+from emtm.engine.checkpoint import resolved_options, weight_names
 from emtm.io import write_json, write_markdown_table
-from emtm.models.registry import model_config
 from emtm.stats import ci_text, mean_ci, paired_difference, verdict
 
 KEYS = ("r1@0.5", "r1@0.7", "miou")
@@ -64,9 +63,8 @@ def settings_mismatch(run: Path, model: str, sets: list[str], seed: int, epochs:
             list(value) if isinstance(value, tuple) else value
         ):
             problems.append(f"optim.{key} {train['optim'][key]!r}, not {value!r}")
-    wanted = model_config(model, expected.model_options).model_dump()
-    stored = settle_options(model, train["model_options"], weight_names(run / "model.safetensors"))
-    used = model_config(model, stored).model_dump()
+    wanted = resolved_options(model, expected.model_options)
+    used = resolved_options(model, train["model_options"], weight_names(run / "model.safetensors"))
     for key, value in wanted.items():
         if used.get(key) != value:
             problems.append(f"model_options.{key} {used.get(key)!r}, not {value!r}")

@@ -103,6 +103,16 @@ def settle_options(model: str, options: dict[str, Any], weight_keys: list[str]) 
     return options
 
 
+def resolved_options(
+    model: str, options: dict[str, Any], weight_keys: list[str] | None = None
+) -> dict[str, Any]:
+    """Every option of `model`: `options` over its defaults. For a stored run, pass the names of its
+    weights: the options are settled first (`settle_options`), so a changed default cannot change them."""
+    if weight_keys is not None:
+        options = settle_options(model, options, weight_keys)
+    return model_config(model, options).model_dump(mode="json")
+
+
 def write_run_config(
     run_dir: Path, cfg: TrainConfig, spec: SpecInfo, extra: dict[str, Any] | None = None
 ) -> None:

@@ -35,11 +35,11 @@ from emtm.engine.checkpoint import (
     SpecInfo,
     load_train_state,
     load_weights,
+    resolved_options,
     rng_state,
     save_train_state,
     save_weights,
     set_rng_state,
-    settle_options,
     weight_names,
     write_run_config,
 )
@@ -194,15 +194,15 @@ def run_options(cfg: TrainConfig, run_dir: Path, state: dict[str, Any] | None) -
     """Every model option, resolved, so that config.json records the model in full and a later change
     of a default cannot change what a run means. A resumed run keeps the options it was started with
     (its config.json, settled against the weights in its checkpoint), whatever the command line says."""
-    options = cfg.model_options
+    asked = resolved_options(cfg.model, cfg.model_options)
     stored = run_dir / "config.json"
-    if state is not None and stored.exists():
-        options = json.loads(stored.read_text(encoding="utf-8"))["train"]["model_options"]
-        keys = list(state["model"]) if "model" in state else weight_names(run_dir / "last.safetensors")
-        options = settle_options(cfg.model, options, keys)
-    resolved = model_config(cfg.model, options).model_dump()
-    if state is not None and resolved != model_config(cfg.model, cfg.model_options).model_dump():
-        log.info("resuming %s with the model options it was started with: %s", run_dir, options)
+    if state is None or not stored.exists():
+        return asked
+    options = json.loads(stored.read_text(encoding="utf-8"))["train"]["model_options"]
+    keys = list(state["model"]) if "model" in state else weight_names(run_dir / "last.safetensors")
+    resolved = resolved_options(cfg.model, options, keys)
+    if resolved != asked:
+        log.info("resuming %s with the model options it was started with: %s", run_dir, resolved)
     return resolved
 
 

@@ -34,13 +34,12 @@ from emtm.device import num_threads, resolve_device
 from emtm.distill.cache import teachers_holdout_seed
 from emtm.distill.mixtures import fit_global_weights, validation_dists
 from emtm.distill.model import EMTMConfig
-from emtm.engine.checkpoint import LoadedRun, load_run, settle_options, weight_names
+from emtm.engine.checkpoint import LoadedRun, load_run, resolved_options, weight_names
 from emtm.engine.evaluate import evaluate
 from emtm.engine.flops import count_parameters, flops_per_query
 from emtm.errors import ConfigError, EmtmError
 from emtm.experiments.pipeline import finished, train_step
 from emtm.io import atomic_path, claim, lock_file, write_json, write_markdown_table
-from emtm.models.registry import model_config
 from emtm.stats import ci_text, mean_ci, paired_difference
 
 REPORTED = ("r1@0.3", "r1@0.5", "r1@0.7", "miou")
@@ -266,10 +265,7 @@ def same_training(cfg: TrainConfig, run_dir: Path) -> bool:
         dumped = config.model_dump(mode="json")
         for key in INCIDENTAL_RUN_FIELDS:
             dumped["run"].pop(key, None)
-        options = config.model_options
-        if weights is not None:  # a stored run: the options it was trained with, older defaults included
-            options = settle_options(config.model, options, weights)
-        dumped["model_options"] = model_config(config.model, options).model_dump(mode="json")
+        dumped["model_options"] = resolved_options(config.model, config.model_options, weights)
         return dumped
 
     try:
