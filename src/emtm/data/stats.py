@@ -168,15 +168,18 @@ def store_stats(store: FeatureStore, max_videos: int | None = None, seed: int = 
 
 
 def clip_mean_std(
-    store: FeatureStore, video_ids: list[str], max_len: int | None = None
+    store: FeatureStore, video_ids: list[str], max_len: int | None = None, progress: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-dimension mean and std (float32, (D,)) over every clip of `video_ids`, each video resampled
-    to at most `max_len` clips as a model sees it; a dimension that never varies gets std 1."""
+    to at most `max_len` clips as a model sees it; a dimension that never varies gets std 1.
+    `progress`: a progress bar over the videos."""
+    from tqdm.auto import tqdm
+
     if not video_ids:
         raise ValueError("clip_mean_std needs at least one video")
     total = squares = None
     count = 0
-    for video_id in video_ids:
+    for video_id in tqdm(video_ids, desc="input statistics", unit="video", disable=not progress, leave=False):
         x = store.load(video_id)
         x = (resample_features(x, max_len) if max_len else x).astype(np.float64)
         total = x.sum(0) if total is None else total + x.sum(0)

@@ -222,7 +222,8 @@ class Trainer:
             cfg.model, model_config(cfg.model, cfg.model_options), data.spec.to_spec(data.word_vectors)
         )
         model.fit_prior(data.datasets["train"].samples)
-        model.fit_inputs(data.datasets["train"])  # on resume the checkpoint's own statistics replace these
+        # On resume the checkpoint's own statistics replace these.
+        model.fit_inputs(data.datasets["train"], progress=cfg.run.progress and self.main)
         self.model = model.to(self.device)
         if not resume and self.main:
             write_run_config(run_dir, cfg, data.spec, {"splits": split_summary(data)})

@@ -74,12 +74,12 @@ class GroundingModel(nn.Module):
     def fit_prior(self, train_samples: list) -> None:
         """Hook for models that read statistics of the training set before training (e.g. the prior)."""
 
-    def fit_inputs(self, train_dataset: object) -> None:
+    def fit_inputs(self, train_dataset: object, progress: bool = False) -> None:
         """Hook for models that read statistics of the training features before training (a
         GroundingDataset: .samples, .store, .cfg), e.g. the student's input standardisation."""
         encoder = getattr(self, "encoder", None)
         if hasattr(encoder, "fit_inputs"):
-            encoder.fit_inputs(train_dataset)
+            encoder.fit_inputs(train_dataset, progress)
 
     @property
     def n_trainable(self) -> int:

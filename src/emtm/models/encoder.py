@@ -76,16 +76,16 @@ class GroundingEncoder(nn.Module):
     def encode_query(self, words: Tensor, chars: Tensor, query_mask: Tensor) -> Tensor:
         return self.shared(self.embed_query(words, chars), query_mask)
 
-    def fit_inputs(self, dataset: Any) -> None:
+    def fit_inputs(self, dataset: Any, progress: bool = False) -> None:
         """With video_norm "standardize": set video_mean / video_std from the clips of the training
         set (`emtm.data.stats.clip_mean_std` of a GroundingDataset: every video once, resampled as
-        the model sees it)."""
+        the model sees it; `progress`: a progress bar over the videos)."""
         if self.video_norm != "standardize":
             return
         from emtm.data.stats import clip_mean_std
 
         ids = sorted({s.video_id for s in dataset.samples})
-        mean, std = clip_mean_std(dataset.store, ids, dataset.cfg.max_video_len)
+        mean, std = clip_mean_std(dataset.store, ids, dataset.cfg.max_video_len, progress)
         self.video_mean.copy_(torch.from_numpy(mean))
         self.video_std.copy_(torch.from_numpy(std))
 
