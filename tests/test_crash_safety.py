@@ -205,6 +205,9 @@ def test_a_damaged_checkpoint_fails_with_a_clear_message(
     assert main(["train", "--data", str(tiny_data), "--out", str(run), "--resume"]) == 2
     assert "emtm train: error:" in capsys.readouterr().err
     (run / "last_state.pt").write_bytes(good)
+    (run / "config.json").write_text('{"train": ', encoding="utf-8")  # cut short: name the file
+    assert main(["train", "--data", str(tiny_data), "--out", str(run), "--resume"]) == 2
+    assert "config.json: not valid JSON" in capsys.readouterr().err
     (run / "config.json").unlink()  # a state without the run's settings: say so, not "nothing to resume"
     assert main(["train", "--data", str(tiny_data), "--out", str(run), "--resume"]) == 2
     assert "holds last_state.pt but no config.json" in capsys.readouterr().err

@@ -1290,7 +1290,7 @@ RUN_CASES = [
 
 
 def trained_run_dir(tmp: Path) -> Call:
-    from emtm.engine.train import check_run_dir
+    from emtm.engine.run_files import check_run_dir
 
     write(tmp / "run" / "model.safetensors", b"weights")
     write(tmp / "run" / "metrics.json", "{}")

@@ -12,7 +12,7 @@ import pytest
 from emtm.config import TrainConfig, load_data_config
 from emtm.data.dataset import prepare
 from emtm.distill.cache import TeacherCache, teachers_holdout_seed
-from emtm.engine.train import with_teachers_holdout
+from emtm.engine.run_data import with_teachers_holdout
 
 
 def val_ids(data: Path, seed: int) -> set[str]:

@@ -113,6 +113,18 @@ def non_finite_field(obj: Any, where: str = "") -> tuple[str, float] | None:
     return None
 
 
+def read_json(path: str | os.PathLike, damaged: str = "the file is damaged") -> Any:
+    """The JSON in `path`; a missing or unreadable file is an EmtmError naming it (`damaged`: what the
+    message says to do about a file that is not valid JSON)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EmtmError(f"{path}: not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise EmtmError(f"{path}: not valid JSON ({err}); {damaged}") from None
+
+
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
     """`obj` as JSON, written atomically. NaN and Infinity are refused (JSON has neither, and a metric
     that is not a number means something went wrong upstream): an EmtmError names the field."""

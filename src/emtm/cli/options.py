@@ -103,7 +103,7 @@ def parse_fold(text: str) -> tuple[int, int]:
 def run_config(args: argparse.Namespace) -> TrainConfig:
     """The config of a new run (from the options), or of the run being resumed (from its config.json)."""
     from emtm.config import TrainConfig, validate
-    from emtm.engine.train import load_json
+    from emtm.io import read_json
 
     if not args.resume:
         return train_config_from_args(args)
@@ -115,7 +115,7 @@ def run_config(args: argparse.Namespace) -> TrainConfig:
                 "so its settings are unknown; start the run again without --resume in an empty folder"
             )
         raise EmtmError(f"--resume: {config_path} not found; nothing to resume in {args.out}")
-    saved = validate(TrainConfig, load_json(config_path)["train"], str(config_path))
+    saved = validate(TrainConfig, read_json(config_path)["train"], str(config_path))
     differences = resume_differences(args, saved)
     if differences:
         raise EmtmError(

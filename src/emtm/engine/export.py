@@ -25,6 +25,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors import SafetensorError, safe_open
 
+from emtm import io
 from emtm.config import ConfigError, TrainConfig, load_data_config, validate
 from emtm.data.text import Vocab
 from emtm.engine.checkpoint import (
@@ -113,14 +114,7 @@ class ModelFile(_Strict):
 
 # ---------------------------------------------------------------------------------------------- load
 def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EmtmError(f"{path}: not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise EmtmError(
-            f"{path}: not valid JSON ({err}); the file is damaged, export the model again"
-        ) from None
+    return io.read_json(path, "the file is damaged, export the model again")
 
 
 def is_model_dir(path: str | Path) -> bool:

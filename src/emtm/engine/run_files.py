@@ -1,4 +1,5 @@
-"""What a training run writes besides checkpoints: metrics.json, log.csv, curve.png and TensorBoard."""
+"""What a training run writes besides checkpoints (metrics.json, log.csv, curve.png, TensorBoard), and
+the check that a new run does not start over a trained one."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from emtm.errors import EmtmError
 from emtm.io import atomic_open, atomic_path, write_json
 
 if TYPE_CHECKING:
@@ -57,3 +59,34 @@ def plot_curve(path: Path, history: list[dict[str, Any]]) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
+
+
+# What a run directory holds once training has started, and what --overwrite removes first.
+RUN_FILES = (
+    "config.json", "vocab.json", "log.csv", "metrics.json", "model.safetensors", "last.safetensors",
+    "last_state.pt", "curve.png", "kau.json",
+)  # fmt: skip
+TRAINED_FILES = ("model.safetensors", "last.safetensors", "last_state.pt")
+
+
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a new run over trained work (weights or a checkpoint) unless `overwrite`, which
+    removes the old run's files first; a folder with other files in it is left alone."""
+    if resume:
+        return
+    trained = [name for name in TRAINED_FILES if (run_dir / name).exists()]
+    if not trained:
+        return
+    if not overwrite:
+        metrics = run_dir / "metrics.json"
+        state = (
+            "a finished run"
+            if metrics.exists() and (run_dir / "model.safetensors").exists()
+            else ("a stopped run")
+        )
+        raise EmtmError(
+            f"{run_dir} already holds {state} ({', '.join(trained)}); nothing was changed. Continue it "
+            f"with --resume, replace it with --overwrite, or give another --out"
+        )
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)

@@ -22,17 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from emtm.config import TrainConfig, load_data_config
-from emtm.data.dataset import GroundingDataset, Prepared, collate, prepare
-from emtm.data.text import Vocab, load_word_vectors
+from emtm.config import TrainConfig
+from emtm.data.dataset import collate
 from emtm.device import num_threads, resolve_device
-from emtm.distill.cache import teachers_holdout_seed
 from emtm.engine import distributed
 from emtm.engine.checkpoint import (
-    SpecInfo,
     load_train_state,
     load_weights,
     resolved_options,
@@ -45,9 +42,11 @@ from emtm.engine.checkpoint import (
 )
 from emtm.engine.evaluate import evaluate, to_device
 from emtm.engine.optim import amp_dtype, autocast, param_groups, warmup_linear
-from emtm.engine.run_files import open_tensorboard, write_metrics
+from emtm.engine.run_data import build_run_data, split_summary, with_teachers, with_teachers_holdout
+from emtm.engine.run_files import check_run_dir, open_tensorboard, write_metrics
 from emtm.engine.signals import StopRequest, TrainingStopped, ignore_stop_signals
 from emtm.errors import EmtmError
+from emtm.io import read_json
 from emtm.models.registry import build_model, model_config
 
 log = logging.getLogger("emtm.train")
@@ -57,85 +56,10 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
-@dataclass
-class RunData:
-    prepared: Prepared
-    vocab: Vocab
-    spec: SpecInfo
-    word_vectors: torch.Tensor | None
-    datasets: dict[str, GroundingDataset]
-
-
-def build_run_data(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None = None) -> RunData:
-    data_cfg = load_data_config(cfg.data)
-    data_cfg.require_split("train", "training needs one (its vocabulary and its queries)")
-    prepared = prepare(data_cfg, cfg.holdout_seed, fold=cfg.fold)
-    train_samples = prepared.splits["train"].samples
-    if resume and (run_dir / "vocab.json").exists():
-        vocab, matrix = Vocab.load(run_dir / "vocab.json"), None
-        word_dim = int(load_json(run_dir / "config.json")["spec"]["word_dim"])
-    else:
-        word_vectors = load_word_vectors(
-            data_cfg.word_vector_spec(), progress=cfg.run.progress if progress is None else progress
-        )
-        vocab = Vocab.build((s.sentence for s in train_samples), word_vectors)
-        matrix = torch.from_numpy(vocab.embedding_matrix(word_vectors))
-        word_dim = word_vectors.dim
-    spec = SpecInfo(
-        prepared.store.dim,
-        data_cfg.max_video_len,
-        len(vocab),
-        word_dim,
-        vocab.n_chars,
-        data_cfg.max_query_len,
-        data_cfg.max_word_chars,
-    )
-    datasets = {
-        name: GroundingDataset(split.samples, prepared.store, vocab, data_cfg)
-        for name, split in prepared.splits.items()
-    }
-    return RunData(prepared, vocab, spec, matrix, datasets)
-
-
-def load_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def is_better(new: dict[str, Any], best: dict[str, Any] | None, key: str) -> bool:
     if best is None:
         return True
     return (new[key], new["miou"]) > (best[key], best["miou"])
-
-
-# What a run directory holds once training has started, and what --overwrite removes first.
-RUN_FILES = (
-    "config.json", "vocab.json", "log.csv", "metrics.json", "model.safetensors", "last.safetensors",
-    "last_state.pt", "curve.png", "kau.json",
-)  # fmt: skip
-TRAINED_FILES = ("model.safetensors", "last.safetensors", "last_state.pt")
-
-
-def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to start a new run over trained work (weights or a checkpoint) unless `overwrite`, which
-    removes the old run's files first; a folder with other files in it is left alone."""
-    if resume:
-        return
-    trained = [name for name in TRAINED_FILES if (run_dir / name).exists()]
-    if not trained:
-        return
-    if not overwrite:
-        metrics = run_dir / "metrics.json"
-        state = (
-            "a finished run"
-            if metrics.exists() and (run_dir / "model.safetensors").exists()
-            else ("a stopped run")
-        )
-        raise EmtmError(
-            f"{run_dir} already holds {state} ({', '.join(trained)}); nothing was changed. Continue it "
-            f"with --resume, replace it with --overwrite, or give another --out"
-        )
-    for name in RUN_FILES:
-        (run_dir / name).unlink(missing_ok=True)
 
 
 def train(
@@ -161,17 +85,6 @@ def train(
             return Trainer(cfg, Path(run_dir), ctx, resume).run(on_epoch_end)
         finally:
             ctx.close()
-
-
-def with_teachers_holdout(cfg: TrainConfig) -> TrainConfig:
-    """A distilled student holds out the validation videos its teachers held out (`val_seed` from their
-    caches), unless `run.val_seed` is given: its model selection then reads no query a teacher saw."""
-    if not cfg.teachers or cfg.run.val_seed is not None:
-        return cfg
-    seed = teachers_holdout_seed(cfg.teachers)
-    if seed is None:
-        return cfg
-    return cfg.model_copy(update={"run": cfg.run.model_copy(update={"val_seed": seed})})
 
 
 @dataclass
@@ -273,7 +186,7 @@ class Trainer:
         if "history" in state:
             self.history, self.best = state["history"], state["best"]
         else:
-            metrics = load_json(self.run_dir / "metrics.json")
+            metrics = read_json(self.run_dir / "metrics.json")
             self.history, self.best = metrics["history"], metrics.get("best")
         epoch = int(state["epoch"])
         if state.get("finished", True):
@@ -505,32 +418,3 @@ class Trainer:
             f"weights; the last good checkpoint is {self.saved}. Try a lower --lr or --set run.amp=off, "
             f"then start again or continue from that checkpoint with: {self.resume_hint()}"
         )
-
-
-def with_teachers(
-    cfg: TrainConfig, train_set: GroundingDataset
-) -> tuple[Dataset, Callable[[list[dict]], dict[str, torch.Tensor]]]:
-    """Wrap the training set so each batch carries the cached teachers' distributions."""
-    from emtm.distill.cache import TeacherCache, check_compatible
-    from emtm.distill.data import TeacherDataset, collate_with_teachers
-
-    caches = [TeacherCache(path) for path in cfg.teachers]
-    kau_caches = [TeacherCache(path) for path in cfg.kau_teachers]
-    for cache in caches + kau_caches:
-        check_compatible(cache, cfg.data, "train")
-    collate_fn = partial(collate_with_teachers, max_chars=train_set.cfg.max_word_chars)
-    return TeacherDataset(train_set, caches, kau_caches), collate_fn
-
-
-def split_summary(data: RunData) -> dict[str, Any]:
-    out = {}
-    for name, split in data.prepared.splits.items():
-        out[name] = {
-            "source": split.source,
-            "n_queries": len(split.samples),
-            "n_missing_videos": split.n_missing_videos,
-        }
-        if split.report is not None and name != "val":
-            report = split.report
-            out[name].update(n_read=report.n_read, n_clipped=report.n_clipped, n_dropped=report.n_dropped)
-    return out
