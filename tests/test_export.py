@@ -19,7 +19,7 @@ from emtm.cli import main
 from emtm.data.annotations import annotation_hash
 from emtm.data.text import load_word_vectors
 from emtm.engine.checkpoint import load_run, save_weights, write_run_config
-from emtm.engine.export import MODEL_FORMAT_VERSION, file_sha256, load_model_dir
+from emtm.engine.model_dir import MODEL_FORMAT_VERSION, file_sha256, load_model_dir
 from emtm.errors import EmtmError
 from emtm.models.registry import build_model, model_config
 from helpers import train_tiny_student

@@ -97,7 +97,8 @@ class Grounder:
         torch.compile mode ("default", "reduce-overhead", "max-autotune", ...): each new input shape
         compiles on its first call, so it pays in a long-running process.
         """
-        from emtm.engine.export import describe, load_model
+        from emtm.engine.export import describe
+        from emtm.engine.model_dir import load_model
 
         run = load_model(path, resolve_device(device))
         speed.prepare_inference(run.model, precision, model_device(run), cast, compile)

@@ -117,7 +117,7 @@ def predict_split(args: argparse.Namespace) -> int:
     """Every query of a split of --data to a Moment-DETR / Lighthouse JSON-lines file."""
     from emtm.device import resolve_device
     from emtm.engine import speed
-    from emtm.engine.export import load_model
+    from emtm.engine.model_dir import load_model
     from emtm.engine.predictions import predict_file
 
     if not args.out:
@@ -171,8 +171,9 @@ def add_export(sub: Any) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     import json
 
-    from emtm.engine.export import CONFIG, export_model
-    from emtm.engine.export import METRIC_KEYS as EXPORT_KEYS
+    from emtm.engine.export import export_model
+    from emtm.engine.model_dir import CONFIG
+    from emtm.engine.model_dir import METRIC_KEYS as EXPORT_KEYS
 
     out = export_model(args.run, args.out, args.test_metrics)
     config = json.loads((out / CONFIG).read_text(encoding="utf-8"))

@@ -21,7 +21,7 @@ def score_model(
     from emtm.data.dataset import split_dataset
     from emtm.engine.checkpoint import load_run
     from emtm.engine.evaluate import predict_dataset
-    from emtm.engine.export import is_model_dir, load_model_dir
+    from emtm.engine.model_dir import is_model_dir, load_model_dir
 
     dev = resolve_device(device)
     if is_model_dir(path):
