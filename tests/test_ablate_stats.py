@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from emtm.experiments.ablate import comparisons, summarise, summary_rows
@@ -51,3 +54,22 @@ def test_a_difference_over_fewer_than_five_seeds_is_marked_as_an_indication() ->
     }
     table = {r[0]: r for r in summary_rows(three)}
     assert table["student + KAU + shared encoder (EMTM)"][-2].endswith("†")  # 4, 3.5, 4: excludes 0
+
+
+def test_the_best_validation_epoch_is_reported_and_filled_in_for_rows_recorded_without_it(
+    tmp_path: Path,
+) -> None:
+    from emtm.experiments.ablate import best_epoch_text, fill_best_epochs, slug
+
+    state = {"rows": {"student alone": {"seeds": {"0": {}, "1": {}}, "runs": {"1": str(tmp_path / "old")}}}}
+    for run_dir, best in ((tmp_path / slug("student alone") / "seed0", 6), (tmp_path / "old", 8)):
+        run_dir.mkdir(parents=True)
+        history = [{"epoch": e} for e in range(1, 9)]
+        (run_dir / "metrics.json").write_text(json.dumps({"best": {"epoch": best}, "history": history}))
+    fill_best_epochs(tmp_path, state)  # seed 1 was evaluated from a reused run: its own folder
+    assert state["rows"]["student alone"]["best_epoch"] == {"0": [6, 8], "1": [8, 8]}
+    summary = summarise({**state["rows"]["student alone"], "seeds": STATE["rows"]["student alone"]["seeds"]})
+    assert summary["best_epoch"] == {"per_seed": [6, 8], "of": 8}
+    assert best_epoch_text(summary["best_epoch"]) == "6-8 of 8"
+    assert best_epoch_text({"per_seed": [8, 8], "of": 8}) == "8 of 8"
+    assert best_epoch_text({"per_seed": [], "of": None}) == ""

@@ -142,6 +142,9 @@ def test_ablation_table_is_produced_and_resumable(tiny_data: Path, tmp_path: Pat
     assert summary["EMTM, d=32"]["params"] < summary["student alone"]["params"]
     table = (out / "ablation.md").read_text()
     assert "±" in table and "student + KAU + shared encoder (EMTM)" in table
+    # one epoch each: the epoch chosen on validation is the last, for every row and seed
+    assert all(row["best_epoch"] == {"per_seed": [1, 1], "of": 1} for row in summary.values())
+    assert "| 1 of 1 |" in table
     assert (out / "ablation_curves.png").read_bytes()[:4] == b"\x89PNG"
     from emtm.experiments.ablate import read_state, validation_curves
 

@@ -238,6 +238,7 @@ def _run_ablation(
                     results = state["rows"].setdefault(row.name, {"seeds": {}})
                     results["key"] = row.key
                     results["seeds"][str(seed)] = metrics
+                    results.setdefault("best_epoch", {})[str(seed)] = best_epoch(run_dir)
                     if len(sets) > 1:
                         results.setdefault("teacher_set", {})[str(seed)] = which + 1
                     if same is not None:
@@ -246,8 +247,31 @@ def _run_ablation(
                     gflops = flops_per_query(run.model, run.spec.to_spec(), run.spec.max_video_len)
                     results["gflops"] = gflops / 1e9
     with locked_state(out) as state:
+        fill_best_epochs(out, state)
         write_report(out, state)
     return state, elsewhere
+
+
+def best_epoch(run_dir: Path) -> list[int] | None:
+    """[the epoch chosen on validation, the epochs trained] of a finished run (its metrics.json)."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    if not metrics.get("best") or not metrics.get("history"):
+        return None
+    return [int(metrics["best"]["epoch"]), len(metrics["history"])]
+
+
+def fill_best_epochs(out: Path, state: dict[str, Any]) -> None:
+    """The best validation epoch of every finished (row, seed) that ablation.json does not hold yet
+    (results written before it was recorded), read from the run's folder (or the reused run's)."""
+    for name, results in state["rows"].items():
+        known = results.setdefault("best_epoch", {})
+        for seed in results["seeds"]:
+            if known.get(seed) is None:
+                run_dir = results.get("runs", {}).get(seed) or out / slug(name) / f"seed{seed}"
+                known[seed] = best_epoch(Path(run_dir))
 
 
 # Run settings that change neither what is trained nor (beyond rounding) how: ignored by same_training.
@@ -350,7 +374,21 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     }
     for key in REPORTED:
         summary[key] = with_ci([s[key] for s in seeds])
+    epochs = [e for e in results.get("best_epoch", {}).values() if e]
+    summary["best_epoch"] = {
+        "per_seed": [e[0] for e in epochs],
+        "of": max((e[1] for e in epochs), default=None),
+    }
     return summary
+
+
+def best_epoch_text(best: dict[str, Any]) -> str:
+    """'6-8 of 8': the range over seeds of the epoch chosen on validation, of the epochs trained."""
+    chosen = best["per_seed"]
+    if not chosen:
+        return ""
+    low, high = min(chosen), max(chosen)
+    return f"{low if low == high else f'{low}-{high}'} of {best['of']}"
 
 
 def paired(a: dict[str, Any], b: dict[str, Any], key: str = "r1@0.7") -> dict[str, Any] | None:
@@ -395,6 +433,7 @@ SUMMARY_COLUMNS = [
     *REPORTED,
     "params (M)",
     "GFLOPs/query",
+    "best val epoch",
     "seeds",
     "R1@0.7 - student",
     "R1@0.7 - best single",
@@ -411,7 +450,8 @@ def summary_rows(state: dict[str, Any]) -> list[list[Any]]:
             cells = [ci_text({**s[k], "ci": s[k]["ci"] or 0.0}) for k in REPORTED]
             v = versus.get(name, {})
             rows.append([
-                name, *cells, f"{s['params'] / 1e6:.3f}", f"{s['gflops']:.3f}", s["n_seeds"],
+                name, *cells, f"{s['params'] / 1e6:.3f}", f"{s['gflops']:.3f}",
+                best_epoch_text(s["best_epoch"]), s["n_seeds"],
                 diff_text(v.get("vs_student", {}).get("r1@0.7")),
                 diff_text(v.get("vs_best_single", {}).get("r1@0.7")),
             ])  # fmt: skip
