@@ -30,7 +30,8 @@ import numpy as np
 from emtm.config import OptimConfig, apply_overrides, read_mapping
 from emtm.data import pixels, synth
 from emtm.engine.predictions import split_samples
-from emtm.experiments.ablate import parse_rows, run_ablation, summarise
+from emtm.experiments.ablate import parse_rows, run_ablation
+from emtm.experiments.ablation_report import summarise
 from emtm.experiments.pipeline import Plan, Stage, run_pipeline
 from emtm.extract.pixel_benchmark import generate_preset
 from emtm.io import write_json, write_markdown_table

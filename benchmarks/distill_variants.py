@@ -28,7 +28,7 @@ from typing import Any
 from emtm.config import TrainConfig
 from emtm.engine.checkpoint import export_student
 from emtm.errors import EmtmError
-from emtm.experiments.ablate import mean_std_text
+from emtm.experiments.ablation_report import mean_std_text
 from emtm.experiments.pipeline import measure, train_step
 from emtm.io import write_json, write_markdown_table
 

@@ -24,7 +24,7 @@ from typing import Any
 from emtm.engine.checkpoint import load_run
 from emtm.engine.flops import flops_per_query
 from emtm.errors import EmtmError
-from emtm.experiments.ablate import mean_std, mean_std_text, stat_text
+from emtm.experiments.ablation_report import mean_std, mean_std_text, stat_text
 from emtm.io import write_json, write_markdown_table
 
 ALONE, EMTM = "student alone", "student + KAU + shared encoder (EMTM)"

@@ -33,7 +33,8 @@ from typing import Any
 
 from emtm.config import OptimConfig, TrainConfig
 from emtm.data import synth
-from emtm.experiments.ablate import mean_std_text, parse_rows, run_ablation, slug
+from emtm.experiments.ablate import parse_rows, run_ablation
+from emtm.experiments.ablation_report import mean_std_text, slug
 from emtm.experiments.demo import DEMO_KD_WEIGHT, DEMO_TEACHERS
 from emtm.experiments.pipeline import export_if_stale, fold_epochs, kau_table, train_step
 from emtm.io import write_json, write_markdown_table

@@ -41,7 +41,7 @@ def points_from(data: Any, source: str) -> list[dict[str, Any]]:
     if isinstance(data, list):
         entries = {str(e.get("model", f"point {i}")): e for i, e in enumerate(data)}
     elif isinstance(data, dict) and isinstance(data.get("rows"), dict):  # ablation.json state
-        from emtm.experiments.ablate import summarise
+        from emtm.experiments.ablation_report import summarise
 
         entries = {name: summarise(r) for name, r in data["rows"].items() if r.get("seeds")}
     elif isinstance(data, dict) and isinstance(data.get("models"), dict):  # foundation / demo results

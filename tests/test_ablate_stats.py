@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from emtm.experiments.ablate import comparisons, summarise, summary_rows
+from emtm.experiments.ablation_report import comparisons, summarise, summary_rows
 
 
 def row(key: str, r17: list[float]) -> dict:
@@ -59,7 +59,7 @@ def test_a_difference_over_fewer_than_five_seeds_is_marked_as_an_indication() ->
 def test_the_best_validation_epoch_is_reported_and_filled_in_for_rows_recorded_without_it(
     tmp_path: Path,
 ) -> None:
-    from emtm.experiments.ablate import best_epoch_text, fill_best_epochs, slug
+    from emtm.experiments.ablation_report import best_epoch_text, fill_best_epochs, slug
 
     state = {"rows": {"student alone": {"seeds": {"0": {}, "1": {}}, "runs": {"1": str(tmp_path / "old")}}}}
     for run_dir, best in ((tmp_path / slug("student alone") / "seed0", 6), (tmp_path / "old", 8)):

@@ -146,7 +146,8 @@ def test_ablation_table_is_produced_and_resumable(tiny_data: Path, tmp_path: Pat
     assert all(row["best_epoch"] == {"per_seed": [1, 1], "of": 1} for row in summary.values())
     assert "| 1 of 1 |" in table
     assert (out / "ablation_curves.png").read_bytes()[:4] == b"\x89PNG"
-    from emtm.experiments.ablate import read_state, validation_curves
+    from emtm.experiments.ablate import read_state
+    from emtm.experiments.ablation_report import validation_curves
 
     curves = validation_curves(out, read_state(out))
     assert set(curves) == set(summary) and all(c.shape == (2, 1) for c in curves.values())
@@ -158,7 +159,7 @@ def test_ablation_table_is_produced_and_resumable(tiny_data: Path, tmp_path: Pat
 
 
 def test_summary_rows_show_a_spread_only_over_several_seeds() -> None:
-    from emtm.experiments.ablate import summary_rows
+    from emtm.experiments.ablation_report import summary_rows
 
     def seed(r7: float) -> dict:
         return {"r1@0.3": 50.0, "r1@0.5": 40.0, "r1@0.7": r7, "miou": 35.0}

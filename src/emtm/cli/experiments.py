@@ -78,7 +78,8 @@ def add_ablate(sub: Any) -> None:
 def cmd_ablate(args: argparse.Namespace) -> int:
     from emtm.config import apply_overrides
     from emtm.engine.signals import TrainingStopped
-    from emtm.experiments.ablate import SUMMARY_COLUMNS, parse_rows, run_ablation, summary_rows
+    from emtm.experiments.ablate import parse_rows, run_ablation
+    from emtm.experiments.ablation_report import SUMMARY_COLUMNS, summary_rows
 
     try:
         state, elsewhere = run_ablation(
