@@ -36,7 +36,7 @@ from emtm.engine.checkpoint import LoadedRun, load_run, resolved_options, weight
 from emtm.engine.evaluate import evaluate
 from emtm.engine.flops import count_parameters, flops_per_query
 from emtm.errors import ConfigError, EmtmError
-from emtm.experiments.ablation_report import best_epoch, fill_best_epochs, slug, write_report
+from emtm.experiments.ablation_report import fill_best_epochs, slug, write_report
 from emtm.experiments.pipeline import finished, train_step
 from emtm.io import claim, lock_file, write_json
 
@@ -235,7 +235,6 @@ def _run_ablation(
                     results = state["rows"].setdefault(row.name, {"seeds": {}})
                     results["key"] = row.key
                     results["seeds"][str(seed)] = metrics
-                    results.setdefault("best_epoch", {})[str(seed)] = best_epoch(run_dir)
                     if len(sets) > 1:
                         results.setdefault("teacher_set", {})[str(seed)] = which + 1
                     if same is not None:

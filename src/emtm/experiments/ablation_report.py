@@ -32,8 +32,9 @@ def best_epoch(run_dir: Path) -> list[int] | None:
 
 
 def fill_best_epochs(out: Path, state: dict[str, Any]) -> None:
-    """The best validation epoch of every finished (row, seed) that ablation.json does not hold yet
-    (results written before it was recorded), read from the run's folder (or the reused run's)."""
+    """The best validation epoch of every finished (row, seed) that ablation.json does not hold yet,
+    read from the run's folder (or the reused run's): run after each pass, so rows recorded before
+    this field existed get it too."""
     for name, results in state["rows"].items():
         known = results.setdefault("best_epoch", {})
         for seed in results["seeds"]:
