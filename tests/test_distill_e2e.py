@@ -117,6 +117,7 @@ def test_ablation_table_is_produced_and_resumable(tiny_data: Path, tmp_path: Pat
         "student + mean of teachers",
         "student + KAU",
         "student + KAU + shared encoder (EMTM)",
+        "student + fixed held-out weights + shared encoder (EMTM, fixed)",
         "EMTM, 1 teacher(s): regress",
         "EMTM, d=32",
         "EMTM, d=64",
@@ -131,11 +132,18 @@ def test_ablation_table_is_produced_and_resumable(tiny_data: Path, tmp_path: Pat
     ]
     assert summary["student + KAU"]["vs_student"]["r1@0.7"]["seeds"] == [0, 1]
     assert summary["student + KAU"]["vs_best_single"]["row"] in ("student + regress", "student + seqpan")
-    for seed in (0, 1):  # fixed-best: weights fitted on that seed's validation queries, per boundary
-        config = json.loads((out / "student---best-global-weights--fitted-on-validation" / f"seed{seed}"
-                             / "config.json").read_text())["train"]  # fmt: skip
-        weights = config["model_options"]["fixed_weights"]
-        assert len(weights) == 2 and all(abs(sum(col) - 1) < 1e-3 for col in zip(*weights))
+    assert keys[6] == "emtm:fixed"
+    fitted: dict[int, list] = {}
+    for row in ("student---best-global-weights--fitted-on-validation",
+                "student---fixed-held-out-weights---shared-encoder--emtm--fixed"):  # fmt: skip
+        for seed in (0, 1):  # weights fitted on that seed's validation queries, per boundary
+            config = json.loads((out / row / f"seed{seed}" / "config.json").read_text())["train"]
+            weights = config["model_options"]["fixed_weights"]
+            assert len(weights) == 2 and all(abs(sum(col) - 1) < 1e-3 for col in zip(*weights))
+            fitted.setdefault(seed, []).append(weights)
+    assert all(a == b for a, b in fitted.values()), "both rows fit on the same validation queries"
+    fixed_emtm = json.loads((out / row / "seed0" / "config.json").read_text())["train"]["model_options"]
+    assert fixed_emtm["isomorphic"] and not fixed_emtm["use_kau"]
     gt_run = out / "student---smoothed-ground-truth--no-teacher" / "seed0"
     gt = json.loads((gt_run / "config.json").read_text())
     assert gt["train"]["teachers"] == [] and gt["train"]["model_options"]["gt_smooth"] == 0.05

@@ -128,3 +128,38 @@ def test_summary_compares_the_kau_with_every_mixture_paired_over_queries(
     d = versus["plain mean"]
     assert d["n"] == summary["n_queries"]
     assert d["mean"] == pytest.approx(loss["KAU weights"] - loss["plain mean"], abs=1e-5)
+
+
+def test_a_fixed_weight_run_reports_its_own_weights(
+    run_and_caches: tuple[Path, list[str]], tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A run without a KAU weighs its teachers by its fixed weights: the table reports those, not the
+    mean, and says so; `fixed_weights: validation` is fitted on the held-out queries when training
+    starts, and the teacher at the ground truth gets nearly all the weight."""
+    _, caches = run_and_caches
+    run = distill(
+        tiny_data, caches, tmp_path / "fixed", use_kau=False, fixed_weights=[[0.9, 0.7], [0.1, 0.3]]
+    )
+    summary = TeacherView(load_run(run), split="train").summary(batch_size=7)
+    assert summary["aggregator"] == "fixed"
+    right, wrong = summary["teachers"]
+    assert (right["weight_start"], right["weight_end"]) == pytest.approx((0.9, 0.7), abs=1e-5)
+    assert (wrong["weight_start"], wrong["weight_end"]) == pytest.approx((0.1, 0.3), abs=1e-5)
+    assert "fixed weights" in summary["ensemble_hard_loss"]
+    assert summary["ensemble_hard_loss"]["fixed weights"] < summary["ensemble_hard_loss"]["plain mean"]
+
+    fitted_run = distill(tiny_data, caches, tmp_path / "fitted", use_kau=False, fixed_weights="validation")
+    fitted = json.loads((fitted_run / "config.json").read_text())["train"]["model_options"]["fixed_weights"]
+    assert fitted[0][0] > 0.9 and fitted[0][1] > 0.9  # the right teacher, start and end
+    assert main(["show", "--run", str(fitted_run), "--split", "val"]) == 0
+    assert "fixed weights over" in capsys.readouterr().out
+
+
+def test_a_plain_mean_run_reports_the_mean(
+    run_and_caches: tuple[Path, list[str]], tiny_data: Path, tmp_path: Path
+) -> None:
+    _, caches = run_and_caches
+    run = distill(tiny_data, caches, tmp_path / "mean", use_kau=False)
+    summary = TeacherView(load_run(run), split="train").summary(batch_size=7)
+    assert summary["aggregator"] == "plain mean"
+    assert [t["weight_start"] for t in summary["teachers"]] == pytest.approx([0.5, 0.5], abs=1e-6)

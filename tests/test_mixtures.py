@@ -41,9 +41,19 @@ def test_fixed_weights_replace_the_mean() -> None:
     for bad in (
         {"fixed_weights": [[1.0, 1.0], [1.0, 1.0]]},
         {"use_kau": False, "fixed_weights": [[-1.0, 1.0]]},
+        {"fixed_weights": "validation"},  # with the KAU on
+        {"use_kau": False, "fixed_weights": "validation", "gt_smooth": 0.05},
+        {"use_kau": False, "fixed_weights": "held-out"},
     ):
         with pytest.raises(ConfigError, match="fixed_weights"):
             model_config("emtm", {**OPTIONS, **bad})
+
+
+def test_weights_to_fit_on_validation_are_fitted_before_a_model_uses_them() -> None:
+    options = {**OPTIONS, "use_kau": False, "fixed_weights": "validation"}
+    model = build_model("emtm", model_config("emtm", options), SPEC).train()
+    with pytest.raises(ValueError, match="fitted when training starts"):
+        model(batch_with_teachers())
 
 
 def test_gt_smooth_distils_toward_the_smoothed_ground_truth() -> None:

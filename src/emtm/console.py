@@ -99,19 +99,21 @@ def print_kau_summary(summary: dict[str, Any]) -> None:
     rows += [
         [f"mix: {name}", "", "", "", "", f"{v:.3f}"] for name, v in summary["ensemble_hard_loss"].items()
     ]
+    own = summary.get("aggregator", "KAU")  # "KAU", "fixed" or "plain mean": what weighs the teachers
     print_table(
-        f"KAU weights over {summary['n_queries']} {summary['split']} queries; its top pick is the oracle's "
+        f"{own} weights over {summary['n_queries']} {summary['split']} queries; its top pick is the oracle's "
         f"on {100 * summary['kau_agrees_with_oracle']:.1f}% of the boundaries; hard loss: lower is better",
-        ["teacher", "weight start / end", "std (queries)", "KAU's top pick", "oracle's pick", "hard loss"],
+        ["teacher", "weight start / end", "std (queries)", f"{own}'s top pick", "oracle's pick", "hard loss"],
         rows,
     )
-    versus = summary.get("kau_minus", {})
+    versus, mine = summary.get("kau_minus", {}), f"the {own} mixture"
     if versus:
         print_table(
-            "the KAU's hard loss minus each mixture's, paired over the queries (negative: the KAU is better)",
-            ["mixture", "KAU - mixture", "95% CI", "verdict"],
+            f"the {own} mixture's hard loss minus each other's, paired over the queries (negative: the {own} "
+            "mixture is better)",
+            ["mixture", f"{own} - mixture", "95% CI", "verdict"],
             [
-                [name, f"{d['mean']:+.3f}", f"± {d['ci'] or 0:.3f}", verdict(d, "the mixture", "the KAU")]
+                [name, f"{d['mean']:+.3f}", f"± {d['ci'] or 0:.3f}", verdict(d, "the mixture", mine)]
                 for name, d in versus.items()
             ],
         )

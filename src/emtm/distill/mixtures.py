@@ -37,11 +37,13 @@ class HeldOutDists:
         return {"video_mask": self.mask, "start_index": self.start_index, "end_index": self.end_index}
 
 
-def validation_dists(data_yaml: str | Path, teachers: list[str], seed: int = 0) -> HeldOutDists:
+def validation_dists(
+    data_yaml: str | Path, teachers: list[str], seed: int = 0, fold: tuple[int, int] | None = None
+) -> HeldOutDists:
     """The teachers' cached distributions on the validation queries of `seed` (the data.yaml's val split,
     or the train queries of the videos that seed holds out), read from the train-split caches."""
     cfg = load_data_config(data_yaml)
-    samples = prepare(cfg, seed, ("train", "val")).splits["val"].samples
+    samples = prepare(cfg, seed, ("train", "val"), fold).splits["val"].samples
     caches = [TeacherCache(t) for t in teachers]
     rows = [[cache.get(s.sample_id) for cache in caches] for s in samples]
     lengths = [row[0].shape[1] for row in rows]

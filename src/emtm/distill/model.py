@@ -14,6 +14,8 @@ among the paper's variants, docs/RESULTS.md, "The KD weight"). kd_weight=0.1 giv
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from pydantic import model_validator
@@ -43,11 +45,13 @@ class EMTMConfig(StudentConfig):
     kau_soft_target: float = 0.0  # > 0: also fit the weights to softmax(-CE_k / this), as CA-MKD does
     kau_reliability: bool = False  # the KAU also reads each teacher's entropy, peak and agreement
     kau_detach: bool = False  # stop the KAU's gradient at the shared encoder
-    # Controls for the ablation: global teacher weights instead of the KAU or the mean (with use_kau
-    # False), one [start, end] pair per teacher, e.g. fitted on validation (emtm.distill.mixtures); and a
-    # teacher-free KD target, the ground truth smoothed by a Gaussian of this width (a fraction of the
-    # video), appended as one more "teacher": label smoothing at the KD weight, no dark knowledge.
-    fixed_weights: list[tuple[float, float]] | None = None
+    # Global teacher weights instead of the KAU or the mean (with use_kau False): one [start, end] pair
+    # per teacher, or "validation": the pair with the lowest hard loss on the run's held-out validation
+    # queries, fitted when training starts (emtm.engine.run_data.with_fitted_weights) and recorded in
+    # config.json. And a control for the ablation: a teacher-free KD target, the ground truth smoothed by
+    # a Gaussian of this width (a fraction of the video), appended as one more "teacher": label
+    # smoothing at the KD weight, no dark knowledge.
+    fixed_weights: list[tuple[float, float]] | Literal["validation"] | None = None
     gt_smooth: float = 0.0
 
     @model_validator(mode="after")
@@ -55,7 +59,10 @@ class EMTMConfig(StudentConfig):
         if self.fixed_weights is not None:
             if self.use_kau:
                 raise ValueError("fixed_weights replace the KAU: set use_kau to false with them")
-            if any(w < 0 for pair in self.fixed_weights for w in pair) or not all(
+            if self.fixed_weights == "validation":
+                if self.gt_smooth:
+                    raise ValueError("fixed_weights=validation weighs cached teachers only: no gt_smooth")
+            elif any(w < 0 for pair in self.fixed_weights for w in pair) or not all(
                 sum(col) > 0 for col in zip(*self.fixed_weights)
             ):
                 raise ValueError("fixed_weights must be >= 0 with a positive sum for start and for end")
@@ -134,6 +141,11 @@ class EMTM(SpanModel):
         b, k = teacher_dists.shape[:2]
         if self.config.fixed_weights is None:
             return torch.full((b, k, 2), 1.0 / k, device=teacher_dists.device)
+        if self.config.fixed_weights == "validation":
+            raise ValueError(
+                "fixed_weights=validation are fitted when training starts (emtm.engine.run_data."
+                "with_fitted_weights); this model was built before: give the fitted [start, end] pairs"
+            )
         w = torch.tensor(self.config.fixed_weights, dtype=teacher_dists.dtype, device=teacher_dists.device)
         if w.shape != (k, 2):
             raise ValueError(f"fixed_weights has {len(w)} [start, end] pairs for {k} teachers")

@@ -3,6 +3,7 @@ for a distilled run, the teachers' cached distributions beside each batch."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -16,8 +17,12 @@ from emtm.config import TrainConfig, load_data_config
 from emtm.data.dataset import GroundingDataset, Prepared, prepare
 from emtm.data.text import Vocab, load_word_vectors
 from emtm.distill.cache import teachers_holdout_seed
+from emtm.distill.mixtures import fit_global_weights, validation_dists
 from emtm.engine.checkpoint import SpecInfo
+from emtm.errors import ConfigError, DataError
 from emtm.io import read_json
+
+log = logging.getLogger("emtm.train")
 
 
 @dataclass
@@ -69,6 +74,28 @@ def with_teachers_holdout(cfg: TrainConfig) -> TrainConfig:
     if seed is None:
         return cfg
     return cfg.model_copy(update={"run": cfg.run.model_copy(update={"val_seed": seed})})
+
+
+def with_fitted_weights(cfg: TrainConfig) -> TrainConfig:
+    """`fixed_weights: validation` replaced by the global [start, end] weight of each teacher with the
+    lowest mean hard loss of its mixture on the run's validation queries (`fit_global_weights`), which
+    the teachers' caches hold when those queries are train videos held out; other configs as they are."""
+    if cfg.model_options.get("fixed_weights") != "validation":
+        return cfg
+    if not cfg.teachers:
+        raise ConfigError("model_options.fixed_weights=validation weighs teachers: give their caches")
+    try:
+        held = validation_dists(cfg.data, cfg.teachers, cfg.holdout_seed, cfg.fold)
+    except DataError as err:
+        raise DataError(
+            f"{err}. model_options.fixed_weights=validation fits the weights on the validation queries, "
+            "read from the teachers' train-split caches: use a data.yaml without a val split (its "
+            "validation videos are then held out of train) or give fitted weights"
+        ) from err
+    weights = [[round(float(v), 4) for v in pair] for pair in fit_global_weights(held)]
+    log.info("fixed teacher weights fitted on %d validation queries: %s", len(held.dists), weights)
+    options = {**cfg.model_options, "fixed_weights": weights}
+    return cfg.model_copy(update={"model_options": options})
 
 
 def with_teachers(

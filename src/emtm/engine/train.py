@@ -42,7 +42,13 @@ from emtm.engine.checkpoint import (
 )
 from emtm.engine.evaluate import evaluate, to_device
 from emtm.engine.optim import amp_dtype, autocast, param_groups, warmup_linear
-from emtm.engine.run_data import build_run_data, split_summary, with_teachers, with_teachers_holdout
+from emtm.engine.run_data import (
+    build_run_data,
+    split_summary,
+    with_fitted_weights,
+    with_teachers,
+    with_teachers_holdout,
+)
 from emtm.engine.run_files import check_run_dir, open_tensorboard, write_metrics
 from emtm.engine.signals import StopRequest, TrainingStopped, ignore_stop_signals
 from emtm.errors import EmtmError
@@ -124,7 +130,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, ctx: distributed.Dist, resume: bool):
         state = load_train_state(run_dir) if resume else None
-        cfg = cfg.model_copy(update={"model_options": run_options(cfg, run_dir, state)})
+        cfg = with_fitted_weights(cfg.model_copy(update={"model_options": run_options(cfg, run_dir, state)}))
         self.cfg, self.run_dir, self.ctx, self.device = cfg, run_dir, ctx, ctx.device
         self.main = ctx.is_main
         if self.main:

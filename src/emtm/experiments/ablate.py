@@ -2,7 +2,8 @@
 paired differences against the student alone and the best single teacher.
 
 Rows: 1 student alone; 2 student + each single teacher; 3 + the mean of the teachers; 4 + KAU; 5 + KAU
-and the shared encoder (full EMTM); 6 full EMTM with 1..K teachers; 7 full EMTM with d in {32, 64, 128}.
+and the shared encoder (full EMTM), and full EMTM with the fixed held-out mixture in the KAU's place;
+6 full EMTM with 1..K teachers; 7 full EMTM with d in {32, 64, 128}.
 Controls: 8 KD toward the Gaussian-smoothed ground truth (no teacher: how much is label smoothing);
 9 the best global teacher weights, fitted on the validation queries; 10 the mean of calibrated
 teachers (given as `calibrated` caches, `emtm teachers export` with calibration). When the teachers'
@@ -30,17 +31,18 @@ from emtm.config import TrainConfig, validate
 from emtm.data.dataset import split_dataset
 from emtm.device import num_threads, resolve_device
 from emtm.distill.cache import teachers_holdout_seed
-from emtm.distill.mixtures import fit_global_weights, validation_dists
 from emtm.distill.model import EMTMConfig
 from emtm.engine.checkpoint import LoadedRun, load_run, resolved_options, weight_names
 from emtm.engine.evaluate import evaluate
 from emtm.engine.flops import count_parameters, flops_per_query
+from emtm.engine.run_data import with_fitted_weights
 from emtm.errors import ConfigError, EmtmError
 from emtm.experiments.ablation_report import fill_best_epochs, slug, write_report
 from emtm.experiments.pipeline import finished, train_step
 from emtm.io import claim, lock_file, write_json
 
 DISTILL_ONLY = {"isomorphic": False, "use_kau": False}
+FIXED_WEIGHTS = {"use_kau": False, "fixed_weights": "validation"}  # fitted on each run's validation queries
 GT_SMOOTH_SIGMA = 0.05  # the gt-smooth control's Gaussian width: the proposals/regression default
 N_ROWS = 10
 
@@ -67,6 +69,11 @@ def ablation_rows(
         yield Row("student + mean of teachers", "emtm", teachers, dict(DISTILL_ONLY), group=3, key="mean")
     yield Row("student + KAU", "emtm", teachers, {"isomorphic": False}, group=4, key="kau")
     yield Row("student + KAU + shared encoder (EMTM)", "emtm", teachers, group=5, key="emtm")
+    if len(teachers) > 1:  # full EMTM with the held-out fixed mixture in the KAU's place
+        yield Row(
+            "student + fixed held-out weights + shared encoder (EMTM, fixed)", "emtm", teachers,
+            dict(FIXED_WEIGHTS), group=5, key="emtm:fixed",
+        )  # fmt: skip
     for k in range(1, len(teachers)):
         yield Row(
             f"EMTM, {k} teacher(s): {', '.join(names[:k])}", "emtm", teachers[:k], group=6,
@@ -80,8 +87,8 @@ def ablation_rows(
     yield Row("student + smoothed ground truth (no teacher)", "emtm", [], gt, group=8, key="gt-smooth")
     if len(teachers) > 1:
         yield Row(
-            "student + best global weights (fitted on validation)", "emtm", teachers, dict(DISTILL_ONLY),
-            group=9, key="fixed-best",
+            "student + best global weights (fitted on validation)", "emtm", teachers,
+            {**DISTILL_ONLY, **FIXED_WEIGHTS}, group=9, key="fixed-best",
         )  # fmt: skip
     if calibrated and len(calibrated) > 1:
         yield Row(
@@ -216,10 +223,7 @@ def _run_ablation(
                         "threads": threads,
                     },
                 )
-                if row.key == "fixed-best":  # fitted on the run's validation queries
-                    weights = fit_global_weights(validation_dists(data, row.teachers, cfg.holdout_seed))
-                    fixed = [[round(float(v), 4) for v in pair] for pair in weights]
-                    cfg = cfg.model_copy(update={"model_options": {**extra, "fixed_weights": fixed}})
+                cfg = with_fitted_weights(cfg)  # as training would: same_training compares the fitted
                 same = next((r for r in reuse if same_training(cfg, Path(r))), None)
                 if same is not None:
                     print(f"  {row.name}, seed {seed}: the finished run {same} has this config, evaluated")

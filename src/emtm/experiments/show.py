@@ -107,9 +107,8 @@ class TeacherView:
         enc = model.encoder(batch)
         student = model.head(enc.video, enc.query, enc.video_mask, enc.query_mask)
         dists = model.teacher_distributions(batch)
-        if not hasattr(model, "kau"):
-            k = dists.shape[1]
-            return student, torch.full((len(enc.video), k, 2), 1.0 / k, device=enc.video.device), dists
+        if not hasattr(model, "kau"):  # the run's fixed weights, or the plain mean
+            return student, model.global_weights(dists), dists
         weights = model.weigh(enc, dists)
         if weights.dim() == 4:  # (B, L, K, 2) per clip
             keep = enc.video_mask[:, :, None, None].to(weights.dtype)
@@ -147,6 +146,14 @@ class TeacherView:
         )
 
     @property
+    def aggregator(self) -> str:
+        """What weighs the teachers in this run: "KAU", "fixed" (global weights) or "plain mean"."""
+        model = self.run.model
+        if hasattr(model, "kau"):
+            return "KAU"
+        return "plain mean" if model.config.fixed_weights is None else "fixed"
+
+    @property
     def names(self) -> list[str]:
         """The teachers the KAU weighs, in its order: the caches', then the live isomorphic teacher's."""
         config = self.run.model.config
@@ -162,7 +169,8 @@ class TeacherView:
         or end distribution has the lowest cross-entropy against the smoothed ground truth, the
         ensemble hard loss's target), and that cross-entropy alone. Then the ensemble hard loss of the
         KAU's mixture, of the plain mean and of the oracle's per-query pick; lower is better."""
-        weights, losses, ens, held = [], [], {"KAU weights": [], "plain mean": []}, []
+        own = f"{self.aggregator} weights"  # the run's own mixture: "KAU weights", "fixed weights", ...
+        weights, losses, ens, held = [], [], {own: [], "plain mean": []}, []
         for batch in self.batches(batch_size):
             batch = to_device(batch, self.device)
             _, w, dists = self.weigh(batch)
@@ -175,7 +183,7 @@ class TeacherView:
                     [], dists.cpu(), mask.cpu(), batch["start_index"].cpu(), batch["end_index"].cpu()
                 )
             )
-            for name, mix in (("KAU weights", w), ("plain mean", torch.full_like(w, 1.0 / k))):
+            for name, mix in ((own, w), ("plain mean", torch.full_like(w, 1.0 / k))):
                 ens[name].append(ensemble_hard_loss_per_query(*ensemble(dists, mix, mask), batch))
         w, ce = torch.cat(weights).cpu(), torch.cat(losses).cpu()  # (N, K, 2) each
         per_query = {name: torch.cat(values).cpu() for name, values in ens.items()}
@@ -196,15 +204,16 @@ class TeacherView:
             for t, name in enumerate(self.names)
         ]
         loss = {name: values.mean().item() for name, values in per_query.items()}
-        kau = per_query["KAU weights"].numpy()
+        kau = per_query[own].numpy()
         versus = {
             name: paired_difference(kau, values.numpy())
             for name, values in per_query.items()
-            if name not in ("KAU weights", "oracle pick")
+            if name not in (own, "oracle pick")
         }
         return {
             "run": str(self.run.run_dir),
             "split": self.split,
+            "aggregator": self.aggregator,
             "n_queries": len(w),
             "teachers": teachers,
             "ensemble_hard_loss": loss,
