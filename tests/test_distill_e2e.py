@@ -204,7 +204,8 @@ def test_ablation_rows_are_numbered_as_in_the_paper() -> None:
     assert (
         parse_rows("1,3,5") == {1, 3, 5} and parse_rows("8,9,10") == {8, 9, 10} and parse_rows(None) is None
     )
-    for bad in ("1,x", "0,11"):
+    assert parse_rows("1,emtm:fixed, fixed-best") == {1, "emtm:fixed", "fixed-best"}
+    for bad in ("0,11", "1,,3", "12"):
         with pytest.raises(EmtmError, match="--rows"):
             parse_rows(bad)
 
@@ -228,6 +229,16 @@ def test_ablation_takes_emtm_options_and_refuses_to_mix_them(tiny_data: Path, tm
     assert "holds rows distilled with EMTM options" in capsys.readouterr().err
     assert main([*args, "--emtm-option", "kd_wieght=1"]) == 2
     assert "kd_wieght" in capsys.readouterr().err
+    # rows chosen by key: only that row runs; a key no row has with these teachers is named
+    same = [*args[:-4], "--device", "cpu", "--emtm-option", "kd_weight=3.2", "--emtm-option", "temperature=2"]
+    assert main([*same, "--rows", "single:regress"]) == 0
+    assert sorted(json.loads((out / "ablation.json").read_text())["rows"]) == [
+        "student + KAU + shared encoder (EMTM)",
+        "student + regress",
+    ]
+    assert main([*same, "--rows", "emtm:fixed"]) == 2
+    err = capsys.readouterr().err
+    assert "emtm:fixed" in err and "single:regress" in err
 
 
 def test_ablation_processes_share_a_folder(tiny_data: Path, tmp_path: Path, capsys) -> None:

@@ -43,7 +43,7 @@ def add_ablate(sub: Any) -> None:
         help="row numbers to run, e.g. 1,3,5 (1 alone, 2 single teachers, 3 mean, 4 KAU, 5 full EMTM, "
         "and with the fixed held-out mixture in the KAU's place, emtm:fixed; 6 teacher count, 7 width; "
         "controls: 8 smoothed ground truth, 9 best global weights, 10 mean of --calibrated teachers; "
-        "default all)",
+        "or row keys, e.g. emtm:fixed,fixed-best; default all)",
     )
     p.add_argument(
         "--calibrated",

@@ -105,14 +105,15 @@ def run_ablation(
     epochs: int = 20,
     lr: float = 1e-3,
     device: str = "auto",
-    rows: set[int] | None = None,
+    rows: set[int | str] | None = None,
     emtm_options: dict[str, Any] | None = None,
     threads: int | None = None,
     reuse: Sequence[Path] = (),
     progress: bool = True,
     calibrated: Sequence[str] | Sequence[Sequence[str]] = (),
 ) -> tuple[dict[str, Any], list[str]]:
-    """Train and evaluate every ablation row (or only the row numbers in `rows`) over `seeds` seeds.
+    """Train and evaluate every ablation row (or only the row numbers or keys in `rows`) over `seeds`
+    seeds.
 
     `teachers` is one list of caches, or several sets of the same teachers (trained with different
     seeds, the same file names in each): seed s is distilled from set s mod n, so that the spread over
@@ -157,7 +158,7 @@ def _run_ablation(
     epochs: int,
     lr: float,
     device: str,
-    rows: set[int] | None,
+    rows: set[int | str] | None,
     emtm_options: dict[str, Any] | None,
     threads: int | None,
     reuse: Sequence[Path],
@@ -189,6 +190,12 @@ def _run_ablation(
         for row in all_rows:  # states written before rows had stable keys get them
             if row.name in state["rows"]:
                 state["rows"][row.name]["key"] = row.key
+    unknown = sorted(r for r in rows or () if isinstance(r, str) and r not in {row.key for row in all_rows})
+    if unknown:
+        raise EmtmError(
+            f"--rows: no row has the key(s) {', '.join(unknown)} with these teachers; the keys are "
+            + ", ".join(row.key for row in all_rows)
+        )
     dev = resolve_device(device)
     # Every row holds out the teachers' validation videos when their caches record them, so that rows
     # of one seed train on the same queries and validation never reads a query a teacher saw.
@@ -196,7 +203,7 @@ def _run_ablation(
     holdouts = [teachers_holdout_seed(t) if all(Path(c).is_file() for c in t) else None for t in sets]
     elsewhere = []
     for index, first in enumerate(all_rows):
-        if rows and first.group not in rows:
+        if rows and first.group not in rows and first.key not in rows:
             continue
         for seed in range(seeds):
             which = seed % len(sets)
@@ -293,17 +300,17 @@ def locked_state(out: Path) -> Iterator[dict[str, Any]]:
             write_json(out / "ablation.json", state)
 
 
-def parse_rows(text: str | None) -> set[int] | None:
-    """'1,3,5' -> {1, 3, 5}: ablation row numbers in the paper's order (module docstring)."""
+def parse_rows(text: str | None) -> set[int | str] | None:
+    """'1,3,5' -> {1, 3, 5}: ablation row numbers in the paper's order (module docstring), or row keys
+    ('emtm:fixed,fixed-best', `Row.key`), which `run_ablation` checks against the rows it has."""
     if not text:
         return None
-    try:
-        rows = {int(part) for part in text.split(",")}
-    except ValueError:
-        raise EmtmError(
-            f"--rows {text!r}: expected row numbers 1-{N_ROWS} separated by commas, e.g. 1,3,5"
-        ) from None
-    if not rows <= set(range(1, N_ROWS + 1)):
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise EmtmError(f"--rows {text!r}: expected row numbers 1-{N_ROWS} or row keys separated by commas")
+    rows: set[int | str] = {int(part) if part.isdigit() else part for part in parts}
+    numbers = {r for r in rows if isinstance(r, int)}
+    if not numbers <= set(range(1, N_ROWS + 1)):
         raise EmtmError(f"--rows {text!r}: the ablation has rows 1-{N_ROWS}")
     return rows
 
