@@ -163,3 +163,30 @@ def test_a_plain_mean_run_reports_the_mean(
     summary = TeacherView(load_run(run), split="train").summary(batch_size=7)
     assert summary["aggregator"] == "plain mean"
     assert [t["weight_start"] for t in summary["teachers"]] == pytest.approx([0.5, 0.5], abs=1e-6)
+
+
+def test_distill_aggregator_flag(
+    run_and_caches: tuple[Path, list[str]], tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`emtm distill --aggregator fixed|mean` trains the shared-encoder student with the fixed held-out
+    mixture or the plain mean in the KAU's place, and its summary names what weighed the teachers."""
+    from emtm.distill.model import AGGREGATORS
+
+    _, caches = run_and_caches
+    common = ["--data", str(tiny_data), "--epochs", "1", "--device", "cpu", "--no-progress"]
+    common += ["--set", "model_options.d=32", "--set", "model_options.n_heads=4"]
+    base = ["distill", *common, "--teachers", *caches]
+    assert main([*base, "--out", str(tmp_path / "fixed"), "--aggregator", "fixed"]) == 0
+    assert "fixed weights over" in capsys.readouterr().out
+    options = json.loads((tmp_path / "fixed" / "config.json").read_text())["train"]["model_options"]
+    assert options["use_kau"] is False and options["isomorphic"] is True
+    assert options["fixed_weights"][0][0] > 0.9  # the teacher at the ground truth
+    assert json.loads((tmp_path / "fixed" / "kau.json").read_text())["aggregator"] == "fixed"
+    assert main([*base, "--out", str(tmp_path / "mean"), "--aggregator", "mean"]) == 0
+    assert "plain mean weights over" in capsys.readouterr().out
+    assert main(["distill", *common, "--out", str(tmp_path / "none"), "--aggregator", "fixed"]) == 2
+    assert "give --teachers" in capsys.readouterr().err
+    kau_only = ["--kau-teachers", *caches, "--aggregator", "mean"]
+    assert main([*base, "--out", str(tmp_path / "x"), *kau_only]) == 2
+    assert "--kau-teachers" in capsys.readouterr().err
+    assert set(AGGREGATORS) == {"kau", "fixed", "mean"}  # the flag's choices

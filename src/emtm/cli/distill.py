@@ -32,10 +32,19 @@ def add_distill(sub: Any) -> None:
         "export --run RUN0 ... RUNK-1), in the same order: the KAU learns its weights on them, the KD "
         "targets stay the --teachers caches",
     )
+    p.add_argument(
+        "--aggregator",
+        choices=["kau", "fixed", "mean"],
+        default="kau",
+        help="what weighs the teachers: kau (the paper's Knowledge Aggregation Unit, per query), fixed "
+        "(one global weight per teacher and boundary, fitted on the held-out validation queries when "
+        "training starts), mean (equal weights); docs/RESULTS.md compares them",
+    )
     p.set_defaults(func=cmd_distill)
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
+    from emtm.distill.model import AGGREGATORS
     from emtm.engine.checkpoint import export_student
     from emtm.engine.distributed import is_main_process
     from emtm.engine.train import train
@@ -53,8 +62,13 @@ def cmd_distill(args: argparse.Namespace) -> int:
                 "emtm distill without --teachers: the student learns from the isomorphic teacher alone (no "
                 "cached teacher, no KAU); build caches with `emtm teachers export`"
             )
+        if not args.teachers and args.aggregator != "kau":
+            raise EmtmError(f"--aggregator {args.aggregator} weighs cached teachers: give --teachers")
+        if args.kau_teachers and args.aggregator != "kau":
+            raise EmtmError(f"--kau-teachers train the KAU; --aggregator {args.aggregator} has none")
         args.model = "emtm"
-        args.set = [f"model_options.n_teachers={len(args.teachers)}", *args.set]
+        chosen = [f"model_options.{k}={v}" for k, v in AGGREGATORS[args.aggregator].items()]
+        args.set = [f"model_options.n_teachers={len(args.teachers)}", *chosen, *args.set]  # --set wins
     cfg = run_config(args)
     if not args.resume:
         cfg.teachers = [str(Path(t).resolve()) for t in args.teachers]

@@ -30,6 +30,14 @@ from emtm.models.losses import boundary_loss, matching_loss
 from emtm.models.seqpan import DualAttentionBlock
 from emtm.models.student import SpanModel, StudentConfig, student_encoder, student_head
 
+# What weighs the cached teachers (`emtm distill --aggregator`): the paper's KAU, per query; global
+# weights fitted on the run's held-out validation queries when training starts; or the plain mean.
+AGGREGATORS: dict[str, dict[str, object]] = {
+    "kau": {},
+    "fixed": {"use_kau": False, "fixed_weights": "validation"},
+    "mean": {"use_kau": False},
+}
+
 
 class EMTMConfig(StudentConfig):
     n_teachers: int = 0  # offline teachers in the cache (0: isomorphic teacher only)

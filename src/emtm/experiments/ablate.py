@@ -31,7 +31,7 @@ from emtm.config import TrainConfig, validate
 from emtm.data.dataset import split_dataset
 from emtm.device import num_threads, resolve_device
 from emtm.distill.cache import teachers_holdout_seed
-from emtm.distill.model import EMTMConfig
+from emtm.distill.model import AGGREGATORS, EMTMConfig
 from emtm.engine.checkpoint import LoadedRun, load_run, resolved_options, weight_names
 from emtm.engine.evaluate import evaluate
 from emtm.engine.flops import count_parameters, flops_per_query
@@ -42,7 +42,7 @@ from emtm.experiments.pipeline import finished, train_step
 from emtm.io import claim, lock_file, write_json
 
 DISTILL_ONLY = {"isomorphic": False, "use_kau": False}
-FIXED_WEIGHTS = {"use_kau": False, "fixed_weights": "validation"}  # fitted on each run's validation queries
+FIXED_WEIGHTS = AGGREGATORS["fixed"]  # fitted on each run's validation queries
 GT_SMOOTH_SIGMA = 0.05  # the gt-smooth control's Gaussian width: the proposals/regression default
 N_ROWS = 10
 
