@@ -15,7 +15,7 @@ from typing import Any
 
 from emtm.stats import ci_text, mean_ci, paired_difference
 
-ORDER = ["student", "gt-smooth", "BEST", "mean", "calibrated-mean", "fixed-best", "kau", "emtm"]
+ORDER = ["student", "gt-smooth", "BEST", "mean", "calibrated-mean", "fixed-best", "kau", "emtm", "emtm:fixed"]
 REFERENCES = ["student", "BEST", "calibrated-mean", "mean"]
 
 
@@ -48,10 +48,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folders", nargs="+", help="emtm ablate --out folders")
     p.add_argument("--best-single", default="single:seqpan", help="row key of the best single teacher")
+    p.add_argument(
+        "--against",
+        nargs="+",
+        default=REFERENCES,
+        help="row keys to pair every row with (BEST: --best-single)",
+    )
     p.add_argument("--json", help="write the paired differences here")
     args = p.parse_args()
     rows = read_rows(args.folders)
-    refs = [args.best_single if r == "BEST" else r for r in REFERENCES]
+    refs = [args.best_single if r == "BEST" else r for r in args.against]
     header = ["row", "seeds", "R1@0.5", "R1@0.7", "mIoU", *(f"R1@0.7 − {r}" for r in refs)]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
