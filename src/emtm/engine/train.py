@@ -88,7 +88,11 @@ def train(
     with num_threads(cfg.run.threads):  # restored afterwards
         ctx = distributed.setup(resolve_device(cfg.run.device), cfg.run.dist_timeout_s)
         try:
-            return Trainer(cfg, Path(run_dir), ctx, resume).run(on_epoch_end)
+            summary = Trainer(cfg, Path(run_dir), ctx, resume).run(on_epoch_end)
+            # Rank 0 still writes metrics and reloads the best weights here; a rank that tears the gloo
+            # group down while a peer is busy can abort (SIGABRT) at exit, so all ranks leave together.
+            ctx.barrier()
+            return summary
         finally:
             ctx.close()
 
