@@ -4,6 +4,9 @@ plain means of the teachers (docs/RESULTS.md, "The aggregation on `pixels`, five
 
     python benchmarks/aggregation_summary.py runs/bench/distill-pixels/ablation5 \\
         runs/bench/distill-pixels/ablation5-single --json runs/bench/distill-pixels/aggregation5.json
+
+With --pool the folders hold the same rows distilled from different teacher sets: each row's seeds are
+pooled over the folders (seed s of folder i is "i:s"), and pairs are formed within a folder only.
 """
 
 from __future__ import annotations
@@ -19,13 +22,23 @@ ORDER = ["student", "gt-smooth", "BEST", "mean", "calibrated-mean", "fixed-best"
 REFERENCES = ["student", "BEST", "calibrated-mean", "mean"]
 
 
-def read_rows(folders: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+def read_rows(folders: list[str], pool: bool = False) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Row key -> (row name, {seed id: metrics}); a later folder's row replaces an earlier one's unless
+    `pool`, where the seeds of every folder are kept, tagged with the folder's index ("i:s")."""
     rows: dict[str, tuple[str, dict[str, Any]]] = {}
-    for folder in folders:
+    for i, folder in enumerate(folders):
         state = json.loads((Path(folder) / "ablation.json").read_text())
         for name, row in state["rows"].items():
-            rows[row["key"]] = (name, row["seeds"])
+            if not pool:
+                rows[row["key"]] = (name, row["seeds"])
+                continue
+            seeds = rows.setdefault(row["key"], (name, {}))[1]
+            seeds.update({f"{i}:{s}": metrics for s, metrics in row["seeds"].items()})
     return rows
+
+
+def seed_order(seed: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in seed.split(":"))
 
 
 def values(rows: dict[str, Any], key: str, metric: str, seeds: list[str]) -> list[float]:
@@ -36,7 +49,7 @@ def difference(rows: dict[str, Any], key: str, ref: str) -> tuple[str, dict[str,
     """'+m ± ci* (n=N)' of key − ref paired over the seeds both have ('' when fewer than 2)."""
     if ref == key or ref not in rows:
         return "", None
-    common = sorted(set(rows[key][1]) & set(rows[ref][1]), key=int)
+    common = sorted(set(rows[key][1]) & set(rows[ref][1]), key=seed_order)
     if len(common) < 2:
         return "", None
     d = paired_difference(values(rows, key, "r1@0.7", common), values(rows, ref, "r1@0.7", common))
@@ -54,9 +67,14 @@ def main() -> None:
         default=REFERENCES,
         help="row keys to pair every row with (BEST: --best-single)",
     )
+    p.add_argument(
+        "--pool",
+        action="store_true",
+        help="the folders are the same rows on different teacher sets: pool their seeds",
+    )
     p.add_argument("--json", help="write the paired differences here")
     args = p.parse_args()
-    rows = read_rows(args.folders)
+    rows = read_rows(args.folders, args.pool)
     refs = [args.best_single if r == "BEST" else r for r in args.against]
     header = ["row", "seeds", "R1@0.5", "R1@0.7", "mIoU", *(f"R1@0.7 − {r}" for r in refs)]
     print("| " + " | ".join(header) + " |")
@@ -66,7 +84,7 @@ def main() -> None:
         if key not in rows:
             continue
         name, seeds = rows[key]
-        ordered = sorted(seeds, key=int)
+        ordered = sorted(seeds, key=seed_order)
         cells = [ci_text(mean_ci(values(rows, key, m, ordered))) for m in ("r1@0.5", "r1@0.7", "miou")]
         for ref in refs:
             text, stat = difference(rows, key, ref)
