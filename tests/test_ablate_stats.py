@@ -73,3 +73,38 @@ def test_the_best_validation_epoch_is_reported_and_filled_in_for_rows_recorded_w
     assert best_epoch_text(summary["best_epoch"]) == "6-8 of 8"
     assert best_epoch_text({"per_seed": [8, 8], "of": 8}) == "8 of 8"
     assert best_epoch_text({"per_seed": [], "of": None}) == ""
+
+
+def test_paired_bootstrap_resamples_queries_as_well_as_seeds() -> None:
+    import numpy as np
+
+    from emtm.stats import paired_bootstrap, paired_difference
+
+    rng = np.random.default_rng(0)
+    b = rng.choice([0.0, 100.0], size=(5, 300))
+    same = paired_bootstrap(b, b)
+    assert same["mean"] == same["lo"] == same["hi"] == 0.0 and not same["excludes_zero"]
+    shifted = paired_bootstrap(b + 5.0, b)
+    assert shifted["lo"] == pytest.approx(5.0) and shifted["hi"] == pytest.approx(5.0)
+    assert shifted["excludes_zero"] and (shifted["n_seeds"], shifted["n_queries"]) == (5, 300)
+
+    # Every seed flips the same 20 of 300 queries: the seeds agree exactly (t interval 0, "beats"), but
+    # on another test set of 300 queries the gain could be anything from about 4 to 9.5 points.
+    b[:, :20] = 0.0
+    a = b.copy()
+    a[:, :20] = 100.0  # the same 20 misses turned into hits on every seed: +6.67 points
+    over_seeds = paired_difference(a.mean(1), b.mean(1))
+    boot = paired_bootstrap(a, b)
+    assert over_seeds["ci"] == pytest.approx(0.0, abs=1e-9)
+    assert boot["hi"] - boot["lo"] > 3.0 and boot["lo"] <= boot["mean"] <= boot["hi"]
+
+    # with no true difference the interval holds 0 about 95% of the time
+    covered = 0
+    for trial in range(200):
+        r = np.random.default_rng(100 + trial)
+        x, y = r.choice([0.0, 100.0], size=(2, 5, 200))
+        d = paired_bootstrap(x, y, n_boot=400, seed=trial)
+        covered += d["lo"] <= 0.0 <= d["hi"]
+    assert covered >= 180
+    with pytest.raises(ValueError, match="seeds, queries"):
+        paired_bootstrap(b, b[:, :10])

@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "aggregation_summary.py"
 
@@ -48,6 +51,26 @@ def test_pool_pairs_seeds_within_each_teacher_set(tmp_path: Path) -> None:
     pooled = stats["emtm"]["student"]
     assert pooled["n"] == 6 and abs(pooled["mean"] - 2.0) < 1e-9  # six pairs: three +1, three +3
     assert pooled["ci"] > 0  # the pairs differ, so the CI is not zero
-    assert (
-        "| student + KAU + shared encoder (EMTM) | 6 | 78.00 ± " in text
-    )  # R1@0.5: 68 + 10
+    assert "| student + KAU + shared encoder (EMTM) | 6 | 78.00 ± " in text  # R1@0.5: 68 + 10
+
+
+def test_kept_query_ious_add_a_bootstrap_over_seeds_and_queries(tmp_path: Path) -> None:
+    from emtm.experiments.ablation_report import seed_dir, write_query_ious
+
+    ids = [f"q{j}" for j in range(50)]
+    folders = []
+    for i, gain in enumerate((4, 6)):  # rows' hits on 50 queries: EMTM turns `gain` misses into hits
+        folder = tmp_path / f"set{i}"
+        base = [20.0 * (1 + s) for s in range(3)]
+        folders.append(ablation(folder, base, [b + 2 * gain for b in base]))
+        for s in range(3):
+            student = np.array([0.9] * (10 * (1 + s)) + [0.1] * (50 - 10 * (1 + s)))
+            emtm = student.copy()
+            emtm[np.flatnonzero(student < 0.7)[:gain]] = 0.8
+            write_query_ious(seed_dir(folder, "student alone", s), ids, student)
+            write_query_ious(seed_dir(folder, "student + KAU + shared encoder (EMTM)", s), ids, emtm)
+    text, stats = summary(*folders, "--pool")
+    boot = stats["emtm"]["student"]["bootstrap"]
+    assert (boot["n_seeds"], boot["n_queries"]) == (6, 50) and boot["mean"] == pytest.approx(10.0)
+    assert 0 < boot["lo"] < 10.0 < boot["hi"]
+    assert f"+10.00 ± {stats['emtm']['student']['ci']:.2f}* (n=6) [{boot['lo']:+.2f}, " in text

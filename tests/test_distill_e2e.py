@@ -165,6 +165,30 @@ def test_ablation_table_is_produced_and_resumable(tiny_data: Path, tmp_path: Pat
     assert main([*args, "--device", "cpu"]) == 0  # everything finished: nothing is retrained
     assert (out / "ablation.json").stat().st_mtime_ns == before
 
+    # each (row, seed) keeps its test queries' top-1 IoUs: they give the R1@0.7 the ablation recorded,
+    # and each difference gets a bootstrap interval over seeds and test queries
+    from emtm.experiments.ablation_report import QUERY_IOUS, seed_dir
+
+    kept = seed_dir(out, "student + KAU + shared encoder (EMTM)", 1) / QUERY_IOUS
+    ious = json.loads(kept.read_text())
+    recorded = json.loads((out / "ablation.json").read_text())["rows"]
+    emtm_seed1 = recorded["student + KAU + shared encoder (EMTM)"]["seeds"]["1"]
+    assert len(ious["iou"]) == len(ious["sample_ids"]) == emtm_seed1["n_queries"]
+    assert sum(v >= 0.7 for v in ious["iou"]) * 100 / len(ious["iou"]) == pytest.approx(emtm_seed1["r1@0.7"])
+    boot = summary["student + KAU + shared encoder (EMTM)"]["vs_student"]["bootstrap"]
+    assert boot["lo"] <= boot["mean"] <= boot["hi"] and (boot["n_seeds"], boot["n_queries"]) == (
+        2,
+        len(ious["iou"]),
+    )
+    assert boot["mean"] == pytest.approx(
+        summary["student + KAU + shared encoder (EMTM)"]["vs_student"]["r1@0.7"]["mean"]
+    )
+    # a folder from before the IoUs were kept gets them from the saved runs, and nothing is retrained
+    kept.unlink()
+    assert main([*args, "--device", "cpu"]) == 0
+    assert json.loads(kept.read_text()) == ious
+    assert (out / "ablation.json").stat().st_mtime_ns == before
+
 
 def test_summary_rows_show_a_spread_only_over_several_seeds() -> None:
     from emtm.experiments.ablation_report import summary_rows
@@ -342,7 +366,8 @@ def test_ablation_evaluates_a_finished_run_of_the_same_config_instead_of_trainin
     printed = capsys.readouterr().out
     assert f"student alone, seed 0: the finished run {earlier} has this config, evaluated" in printed
     assert re.search(r"student alone, seed 1: test R1@0\.7 \d+\.\d\d, mIoU \d+\.\d\d", printed)
-    assert not (out / "student-alone" / "seed0").exists()
+    # nothing trained in the reused seed's folder: it holds the test queries' IoUs alone
+    assert [f.name for f in (out / "student-alone" / "seed0").iterdir()] == ["test_ious.json"]
     assert (out / "student-alone" / "seed1" / "model.safetensors").exists()
     row = json.loads((out / "ablation.json").read_text())["rows"]["student alone"]
     assert row["runs"] == {"0": str(earlier.resolve())}

@@ -148,3 +148,20 @@ def test_nms_empty_and_bad_input():
         temporal_nms(np.zeros((2, 2)), np.zeros(3), 0.5)
     with pytest.raises(ValueError):
         temporal_nms(np.zeros((2, 2)), np.zeros(2), 0.5, top_k=0)
+
+
+def test_top1_ious_are_the_values_behind_r1_and_miou():
+    from emtm.engine.metrics import top1_ious
+
+    rng = np.random.default_rng(3)
+    starts = rng.uniform(0, 20, size=(40, 5))
+    preds = [np.stack([s, s + rng.uniform(1, 10, size=5)], axis=1) for s in starts]
+    gts = [np.array([[5.0, 12.0]]), *(np.array([[3.0, 9.0], [10.0, 18.0]]) for _ in range(39))]
+    ious = top1_ious(preds, gts)
+    metrics = grounding_metrics(preds, gts)
+    assert ious.shape == (40,) and ious.mean() * 100 == pytest.approx(metrics["miou"])
+    for m in THRESHOLDS:
+        assert np.mean(ious >= m) * 100 == pytest.approx(metrics[f"r1@{m}"])
+    assert ious[1] == pytest.approx(temporal_iou(preds[1][0], gts[1]).max())  # the better of two windows
+    with pytest.raises(ValueError, match="one prediction per query"):
+        top1_ious(preds[:3], gts)

@@ -15,7 +15,7 @@ from emtm.config import EvalConfig
 from emtm.data.dataset import GroundingDataset, collate
 from emtm.data.grid import index_to_time, time_to_index
 from emtm.data.records import Sample
-from emtm.engine.metrics import grounding_metrics
+from emtm.engine.metrics import grounding_metrics, top1_ious
 from emtm.engine.speed import model_dtype
 from emtm.models.base import GroundingModel
 
@@ -115,6 +115,12 @@ def score_predictions(preds: SplitPredictions, protocol: str = "raw") -> dict[st
     metrics["n_gt_windows"] = sum(len(s.windows) for s in preds.samples)
     metrics["n_gt_ends_clipped"] = sum(s.ends_clipped for s in preds.samples)
     return metrics
+
+
+def query_ious(preds: SplitPredictions, protocol: str = "raw") -> np.ndarray:
+    """Per query, the top-1 window's IoU with its best-matching ground-truth window (what R1@m and mIoU
+    of `score_predictions` summarise), for statistics over test queries."""
+    return top1_ious(preds.windows, ground_truth(preds.samples, preds.n_clips, protocol))
 
 
 def evaluation_report(

@@ -84,6 +84,19 @@ def grounding_metrics(
     return out
 
 
+def top1_ious(
+    predictions: Sequence[np.ndarray], ground_truth: np.ndarray | Sequence[np.ndarray]
+) -> np.ndarray:
+    """Per query, the IoU of its first window with the best-matching ground-truth window: the values
+    whose mean is ``miou`` and whose share >= m is ``r1@m`` in `grounding_metrics`."""
+    gts = _gt_list(ground_truth)
+    if len(predictions) != len(gts):
+        raise ValueError(f"need one prediction per query: {len(predictions)} vs {len(gts)}")
+    return np.array(
+        [temporal_iou(np.asarray(w, dtype=np.float64)[:1], g).max() for w, g in zip(predictions, gts)]
+    )
+
+
 def average_precision(ious: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
     """One query's average precision at each IoU threshold, from ``ious`` ``(k, m)``: row r the r-th
     ranked predicted window's IoU with each of the m ground-truth windows.

@@ -33,11 +33,17 @@ from emtm.device import num_threads, resolve_device
 from emtm.distill.cache import teachers_holdout_seed
 from emtm.distill.model import AGGREGATORS, EMTMConfig
 from emtm.engine.checkpoint import LoadedRun, load_run, resolved_options, weight_names
-from emtm.engine.evaluate import evaluate
+from emtm.engine.evaluate import SplitPredictions, predict_dataset, query_ious, score_predictions
 from emtm.engine.flops import count_parameters, flops_per_query
 from emtm.engine.run_data import with_fitted_weights
 from emtm.errors import ConfigError, EmtmError
-from emtm.experiments.ablation_report import fill_best_epochs, slug, write_report
+from emtm.experiments.ablation_report import (
+    QUERY_IOUS,
+    fill_best_epochs,
+    seed_dir,
+    write_query_ious,
+    write_report,
+)
 from emtm.experiments.pipeline import finished, train_step
 from emtm.io import claim, lock_file, write_json
 
@@ -208,12 +214,17 @@ def _run_ablation(
         for seed in range(seeds):
             which = seed % len(sets)
             row, holdout = rows_of[which][index], holdouts[which]
-            run_dir = out / slug(row.name) / f"seed{seed}"
+            run_dir = folder = seed_dir(out, row.name, seed)
             with claim(run_dir) as mine:
                 if not mine:
                     elsewhere.append(f"{row.name}, seed {seed}")
                     continue
-                if str(seed) in read_state(out)["rows"].get(row.name, {}).get("seeds", {}):
+                recorded = read_state(out)["rows"].get(row.name, {})
+                if str(seed) in recorded.get("seeds", {}):
+                    if not (folder / QUERY_IOUS).is_file():  # recorded before the query IoUs were kept
+                        elsewhere_run = recorded.get("runs", {}).get(str(seed), run_dir)
+                        done, preds = test_predictions(Path(elsewhere_run), data, seed, dev)
+                        keep_query_ious(folder, preds, done.cfg.eval.protocol)
                     continue
                 extra = {**emtm_options, **row.options, "n_teachers": len(row.teachers)}
                 cfg = TrainConfig(
@@ -237,9 +248,9 @@ def _run_ablation(
                     run_dir = Path(same)
                 else:
                     train_step(cfg, run_dir)  # a run stopped part-way (a killed process) is resumed
-                run = load_run(run_dir, device=dev)
-                test = split_dataset(cfg.data, "test", run.vocab, seed)
-                metrics = evaluate(run.model, test, run.cfg.eval, dev, batch_size=128)
+                run, preds = test_predictions(run_dir, cfg.data, seed, dev)
+                metrics = score_predictions(preds, run.cfg.eval.protocol)
+                keep_query_ious(folder, preds, run.cfg.eval.protocol)
                 r1, miou = metrics["r1@0.7"], metrics["miou"]
                 print(f"  {row.name}, seed {seed}: test R1@0.7 {r1:.2f}, mIoU {miou:.2f}", flush=True)
                 with locked_state(out) as state:
@@ -257,6 +268,20 @@ def _run_ablation(
         fill_best_epochs(out, state)
         write_report(out, state)
     return state, elsewhere
+
+
+def test_predictions(
+    run_dir: Path, data: str | Path, seed: int, device: Any
+) -> tuple[LoadedRun, SplitPredictions]:
+    """The run's predictions on the test split of `data` (its best weights)."""
+    run = load_run(run_dir, device=device)
+    test = split_dataset(data, "test", run.vocab, seed)
+    return run, predict_dataset(run.model, test, run.cfg.eval, device, batch_size=128)
+
+
+def keep_query_ious(folder: Path, preds: SplitPredictions, protocol: str) -> None:
+    """test_ious.json in the (row, seed) folder: each test query's top-1 IoU, for the bootstrap."""
+    write_query_ious(folder, [s.sample_id for s in preds.samples], query_ious(preds, protocol))
 
 
 # Run settings that change neither what is trained nor (beyond rounding) how: ignored by same_training.

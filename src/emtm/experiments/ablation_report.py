@@ -1,6 +1,9 @@
 """The report of an `emtm ablate` folder: each row's metrics as mean ± 95% CI over seeds, its best
 validation epochs, paired differences against the student alone and the best single teacher
-(ablation.md, ablation_summary.json), and the validation curves (ablation_curves.png)."""
+(ablation.md, ablation_summary.json), and the validation curves (ablation_curves.png).
+
+Each (row, seed) folder keeps its test queries' top-1 IoUs (test_ious.json), so that a difference also
+gets an interval from a bootstrap over seeds and test queries (`emtm.stats.paired_bootstrap`)."""
 
 from __future__ import annotations
 
@@ -10,14 +13,56 @@ from typing import Any
 
 import numpy as np
 
-from emtm.io import atomic_path, write_json, write_markdown_table
-from emtm.stats import ci_text, mean_ci, paired_difference
+from emtm.errors import EmtmError
+from emtm.io import atomic_path, read_json, write_json, write_markdown_table
+from emtm.stats import ci_text, mean_ci, paired_bootstrap, paired_difference
 
 REPORTED = ("r1@0.3", "r1@0.5", "r1@0.7", "miou")
+QUERY_IOUS = "test_ious.json"  # in each (row, seed) folder: {"sample_ids": [...], "iou": [...]}
+HIT_IOU = 0.7  # the bootstrap's hits: R1@0.7
 
 
 def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def seed_dir(out: Path, name: str, seed: int | str) -> Path:
+    """The folder of one (row, seed) of an ablation."""
+    return out / slug(name) / f"seed{seed}"
+
+
+def write_query_ious(folder: Path, sample_ids: list[str], ious: np.ndarray) -> None:
+    write_json(folder / QUERY_IOUS, {"sample_ids": sample_ids, "iou": [float(v) for v in ious]}, indent=None)
+
+
+def query_hits(out: Path, name: str, seeds: list[str]) -> tuple[list[str], np.ndarray] | None:
+    """The row's test sample ids and (seeds, queries) hits at IoU >= HIT_IOU in percent, or None when a
+    seed has no test_ious.json (a folder from before they were kept)."""
+    ids, hits = None, []
+    for seed in seeds:
+        path = seed_dir(out, name, seed) / QUERY_IOUS
+        if not path.is_file():
+            return None
+        saved = read_json(path)
+        if ids is not None and saved["sample_ids"] != ids:
+            raise EmtmError(f"{path}: other test queries than seed {seeds[0]}'s")
+        ids = saved["sample_ids"]
+        hits.append((np.asarray(saved["iou"], dtype=np.float64) >= HIT_IOU) * 100.0)
+    return ids or [], np.stack(hits)
+
+
+def bootstrapped(out: Path | None, a: str, b: str, seeds: list[int]) -> dict[str, Any] | None:
+    """`paired_bootstrap` of row a's R1@0.7 against row b's over `seeds` and the test queries (None
+    without `out` or where a seed's query IoUs were not kept)."""
+    if out is None:
+        return None
+    seeds_ = [str(s) for s in seeds]
+    first, second = query_hits(out, a, seeds_), query_hits(out, b, seeds_)
+    if first is None or second is None:
+        return None
+    if first[0] != second[0]:
+        raise EmtmError(f"{out}: the rows {a!r} and {b!r} were tested on other queries")
+    return paired_bootstrap(first[1], second[1])
 
 
 def best_epoch(run_dir: Path) -> list[int] | None:
@@ -101,23 +146,25 @@ def paired(a: dict[str, Any], b: dict[str, Any], key: str = "r1@0.7") -> dict[st
     return {**diff, "seeds": [int(s) for s in common]}
 
 
-def comparisons(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def comparisons(state: dict[str, Any], out: Path | None = None) -> dict[str, dict[str, Any]]:
     """Per row, its paired R1@0.7 and mIoU differences against the student alone (`vs_student`) and
-    against the best single-teacher row by mean R1@0.7 (`vs_best_single`, naming it)."""
+    against the best single-teacher row by mean R1@0.7 (`vs_best_single`, naming it); with the ablation
+    folder `out`, also R1@0.7's bootstrap over seeds and test queries (`bootstrap`, `bootstrapped`)."""
     rows = {name: r for name, r in state["rows"].items() if r["seeds"]}
-    student = rows.get("student alone")
-    singles = {n: r for n, r in rows.items() if r.get("key", "").startswith("single:")}
-    best = max(singles, key=lambda n: summarise(singles[n])["r1@0.7"]["mean"], default=None)
-    out = {}
+    singles = [n for n, r in rows.items() if r.get("key", "").startswith("single:")]
+    best = max(singles, key=lambda n: summarise(rows[n])["r1@0.7"]["mean"], default=None)
+    versus = {}
     for name, results in rows.items():
         entry: dict[str, Any] = {}
-        for label, other in (("vs_student", student), ("vs_best_single", rows.get(best) if best else None)):
-            if other is not None and other is not results:
-                entry[label] = {k: paired(results, other, k) for k in ("r1@0.7", "miou")}
+        for label, other in (("vs_student", "student alone"), ("vs_best_single", best)):
+            if other in rows and other != name:
+                entry[label] = {k: paired(results, rows[other], k) for k in ("r1@0.7", "miou")}
+                if pair := entry[label]["r1@0.7"]:
+                    entry[label]["bootstrap"] = bootstrapped(out, name, other, pair["seeds"])
                 if label == "vs_best_single":
                     entry[label]["row"] = best
-        out[name] = entry
-    return out
+        versus[name] = entry
+    return versus
 
 
 def diff_text(diff: dict[str, Any] | None) -> str:
@@ -127,6 +174,17 @@ def diff_text(diff: dict[str, Any] | None) -> str:
         return ""
     mark = (" *" if diff["n"] >= 5 else " †") if diff["excludes_zero"] else ""
     return f"{diff['mean']:+.2f} ± {diff['ci']:.2f}{mark}"
+
+
+def versus_text(versus: dict[str, Any] | None) -> str:
+    """`diff_text` of R1@0.7, then the bootstrap interval over seeds and queries, '[lo, hi]' (with ‡ when
+    it excludes 0), where the query IoUs were kept."""
+    if not versus:
+        return ""
+    text, boot = diff_text(versus.get("r1@0.7")), versus.get("bootstrap")
+    if text and boot:
+        text += f" [{boot['lo']:+.2f}, {boot['hi']:+.2f}]" + (" ‡" if boot["excludes_zero"] else "")
+    return text
 
 
 SUMMARY_COLUMNS = [
@@ -141,10 +199,10 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def summary_rows(state: dict[str, Any]) -> list[list[Any]]:
+def summary_rows(state: dict[str, Any], out: Path | None = None) -> list[list[Any]]:
     """One table row per finished ablation row: metrics as mean ± 95% CI over seeds, and the paired
-    R1@0.7 difference against the student alone and the best single teacher (`diff_text`)."""
-    rows, versus = [], comparisons(state)
+    R1@0.7 difference against the student alone and the best single teacher (`versus_text`)."""
+    rows, versus = [], comparisons(state, out)
     for name, results in state["rows"].items():
         if results["seeds"]:
             s = summarise(results)
@@ -153,23 +211,23 @@ def summary_rows(state: dict[str, Any]) -> list[list[Any]]:
             rows.append([
                 name, *cells, f"{s['params'] / 1e6:.3f}", f"{s['gflops']:.3f}",
                 best_epoch_text(s["best_epoch"]), s["n_seeds"],
-                diff_text(v.get("vs_student", {}).get("r1@0.7")),
-                diff_text(v.get("vs_best_single", {}).get("r1@0.7")),
+                versus_text(v.get("vs_student")), versus_text(v.get("vs_best_single")),
             ])  # fmt: skip
     return rows
 
 
 def write_report(out: Path, state: dict[str, Any]) -> None:
-    versus = comparisons(state)
+    versus = comparisons(state, out)
     summaries = {
         name: {**summarise(r), **versus.get(name, {})} for name, r in state["rows"].items() if r["seeds"]
     }
     write_json(out / "ablation_summary.json", summaries)
     title = (
         "ablation, test split: mean ± 95% CI over seeds; differences paired over seeds "
-        "(* CI excludes 0 over >= 5 seeds, † over fewer)"
+        "(* CI excludes 0 over >= 5 seeds, † over fewer), then [95% bootstrap over seeds and test "
+        "queries] (‡ it excludes 0)"
     )
-    write_markdown_table(out / "ablation.md", SUMMARY_COLUMNS, summary_rows(state), title=title)
+    write_markdown_table(out / "ablation.md", SUMMARY_COLUMNS, summary_rows(state, out), title=title)
     plot_curves(out, state)
 
 
