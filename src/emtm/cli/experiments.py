@@ -80,7 +80,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from emtm.config import apply_overrides
     from emtm.engine.signals import TrainingStopped
     from emtm.experiments.ablate import parse_rows, run_ablation
-    from emtm.experiments.ablation_report import SUMMARY_COLUMNS, summary_rows
+    from emtm.experiments.ablation_report import SUMMARY_COLUMNS, TABLE_TITLE, comparisons, summary_rows
 
     try:
         state, elsewhere = run_ablation(
@@ -92,10 +92,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     except TrainingStopped as stop:
         raise stop.rerun("emtm ablate") from None
     print_table(
-        f"ablation, test split, {args.seeds} seed(s): mean ± 95% CI; paired differences "
-        "(* excludes 0 over >= 5 seeds, † over fewer)",
+        f"{TABLE_TITLE}; {args.seeds} seed(s) asked",
         SUMMARY_COLUMNS,
-        summary_rows(state),
+        summary_rows(state, comparisons(state, Path(args.out))),
     )
     print(
         f"wrote {Path(args.out) / 'ablation.md'}, ablation.json (finished rows are kept on re-run) and "

@@ -222,8 +222,8 @@ def _run_ablation(
                 recorded = read_state(out)["rows"].get(row.name, {})
                 if str(seed) in recorded.get("seeds", {}):
                     if not (folder / QUERY_IOUS).is_file():  # recorded before the query IoUs were kept
-                        elsewhere_run = recorded.get("runs", {}).get(str(seed), run_dir)
-                        done, preds = test_predictions(Path(elsewhere_run), data, seed, dev)
+                        saved_run = Path(recorded.get("runs", {}).get(str(seed), run_dir))  # or reused
+                        done, preds = test_predictions(saved_run, data, seed, dev)
                         keep_query_ious(folder, preds, done.cfg.eval.protocol)
                     continue
                 extra = {**emtm_options, **row.options, "n_teachers": len(row.teachers)}

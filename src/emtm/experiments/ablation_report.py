@@ -199,10 +199,19 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def summary_rows(state: dict[str, Any], out: Path | None = None) -> list[list[Any]]:
+TABLE_TITLE = (
+    "ablation, test split: mean ± 95% CI over seeds; differences paired over seeds "
+    "(* CI excludes 0 over >= 5 seeds, † over fewer), then [95% bootstrap over seeds and test "
+    "queries] (‡ it excludes 0)"
+)
+
+
+def summary_rows(state: dict[str, Any], versus: dict[str, dict[str, Any]] | None = None) -> list[list[Any]]:
     """One table row per finished ablation row: metrics as mean ± 95% CI over seeds, and the paired
-    R1@0.7 difference against the student alone and the best single teacher (`versus_text`)."""
-    rows, versus = [], comparisons(state, out)
+    R1@0.7 difference against the student alone and the best single teacher (`versus_text`), from
+    `versus` (`comparisons`; computed here without the bootstrap when not given)."""
+    rows = []
+    versus = comparisons(state) if versus is None else versus
     for name, results in state["rows"].items():
         if results["seeds"]:
             s = summarise(results)
@@ -222,12 +231,7 @@ def write_report(out: Path, state: dict[str, Any]) -> None:
         name: {**summarise(r), **versus.get(name, {})} for name, r in state["rows"].items() if r["seeds"]
     }
     write_json(out / "ablation_summary.json", summaries)
-    title = (
-        "ablation, test split: mean ± 95% CI over seeds; differences paired over seeds "
-        "(* CI excludes 0 over >= 5 seeds, † over fewer), then [95% bootstrap over seeds and test "
-        "queries] (‡ it excludes 0)"
-    )
-    write_markdown_table(out / "ablation.md", SUMMARY_COLUMNS, summary_rows(state, out), title=title)
+    write_markdown_table(out / "ablation.md", SUMMARY_COLUMNS, summary_rows(state, versus), title=TABLE_TITLE)
     plot_curves(out, state)
 
 
